@@ -1,0 +1,48 @@
+# Thin wrapper: every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+TORCH  := 2.13.0
+# nbgrader runs `alembic` (and jupyter) from PATH.
+export PATH := $(BIN):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv vendor book test release lab grade bench check clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH)"
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# MathJax and mermaid from npm, so the book renders offline.
+_vendor/static/.installed: _vendor/package.json _vendor/package-lock.json
+	cd _vendor && npm ci --silent --no-audit --no-fund
+	$(BIN)/python -m llmcourse.book vendor _vendor/node_modules _vendor/static
+	touch $@
+
+vendor: venv _vendor/static/.installed
+
+book: vendor
+	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
+
+test: vendor
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+release: venv
+	$(BIN)/llmcourse release
+
+lab: venv
+	$(BIN)/jupyter lab --notebook-dir=chapters
+
+grade: venv
+	$(BIN)/llmcourse grade $(if $(SUBMISSIONS),$(SUBMISSIONS),autograder/submitted)
+
+bench: venv
+	$(BIN)/python tests/bench.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,250 @@
+"""The engine behind ``check()``: exercise specs, cases, comparison and named diagnosis.
+
+An :class:`Exercise` says what the learner builds (``entry``, the name they define), how
+to make test cases from a seed, the reference answer, the known mistakes (each one a
+small wrong implementation, so a learner's output can be matched against it), and the
+shortcuts that are not allowed. Comparison works on NumPy arrays so that the grader can
+compare outputs outside the learner's kernel without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+# Default tolerances (rtol, atol) by dtype; a case may set its own, next to its inputs.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "torch.float64": (1e-7, 1e-10),
+    "torch.float32": (1e-5, 1e-6),
+    "torch.float16": (1e-2, 1e-3),
+    "torch.bfloat16": (2e-2, 1e-2),
+}
+
+
+@dataclass
+class Case:
+    """One test input. ``args``/``kwargs`` hold tensors or plain Python values."""
+
+    label: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    rtol: float | None = None
+    atol: float | None = None
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A known wrong answer: ``impl`` has the entry's signature and makes that mistake."""
+
+    name: str
+    explain: str
+    impl: Callable
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A forbidden shortcut. ``target`` is a dotted name (``torch.nn.functional.softmax``),
+    a module prefix (``llmcourse.reference``) or ``.name`` for any method/attribute ``name``."""
+
+    target: str
+    why: str
+
+
+class Exercise:
+    """Base class of every exercise spec; subclasses set the class attributes."""
+
+    id: str = ""
+    entry: str = ""  # the function/class name the learner defines
+    title: str = ""
+    forbid: tuple[Rule, ...] = ()
+    mistakes: tuple[Mistake, ...] = ()
+    public_seed: int = 0
+
+    def reference(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def cases(self, seed: int, hidden: bool) -> list[Case]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def call(self, fn: Callable, case: Case):
+        """Run an implementation (learner's, reference or mistake) on a case."""
+        return fn(*case.args, **case.kwargs)
+
+    def expected(self, case: Case):
+        return self.call(self.reference, case)
+
+
+# ---------------------------------------------------------------------------------------
+# Turning outputs into arrays, and comparing them.
+
+Item = tuple[str, Any, str]  # (where, array or None, type tag)
+
+
+def type_tag(value) -> str:
+    mod = type(value).__module__
+    if mod.startswith("torch") and hasattr(value, "dtype") and hasattr(value, "shape"):
+        return str(value.dtype)
+    if isinstance(value, np.ndarray):
+        return f"numpy.{value.dtype}"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def flatten(value, where: str = "output") -> list[Item]:
+    """Flatten a (possibly nested) output into ``(where, array, tag)`` items."""
+    tag = type_tag(value)
+    if tag.startswith("torch."):
+        t = value.detach().cpu()
+        if t.dtype.is_complex:
+            arr = t.resolve_conj().numpy()
+        elif t.dtype in (_torch().bfloat16,) or str(t.dtype).startswith("torch.float8"):
+            arr = t.float().numpy()
+        else:
+            arr = t.resolve_neg().resolve_conj().numpy()
+        return [(where, np.array(arr), tag)]
+    if tag.startswith("numpy."):
+        return [(where, np.array(value), tag)]
+    if tag in ("bool", "number"):
+        return [(where, np.array(value, dtype=np.float64), tag)]
+    if isinstance(value, (tuple, list)):
+        items = [(where, None, f"{type(value).__name__}[{len(value)}]")]
+        for i, v in enumerate(value):
+            items += flatten(v, f"{where}[{i}]")
+        return items
+    if isinstance(value, dict):
+        items = [(where, None, "dict[" + ",".join(sorted(map(str, value))) + "]")]
+        for k in sorted(value, key=str):
+            items += flatten(value[k], f"{where}[{k!r}]")
+        return items
+    return [(where, None, tag)]
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _fmt_index(idx) -> str:
+    return "[" + ", ".join(str(int(i)) for i in idx) + "]"
+
+
+def _fmt_num(x) -> str:
+    return f"{x:.6g}" if isinstance(x, (float, np.floating)) else str(x)
+
+
+def compare(expected: list[Item], got: list[Item], rtol: float, atol: float) -> str | None:
+    """Return ``None`` when ``got`` matches ``expected``, else one line saying how it differs."""
+    if len(expected) != len(got) or any(e[0] != g[0] for e, g in zip(expected, got)):
+        return f"expected {describe(expected)}, got {describe(got)}"
+    for (where, e_arr, e_tag), (_, g_arr, g_tag) in zip(expected, got):
+        if e_tag != g_tag and not (e_tag == "number" and g_tag in ("number", "bool")):
+            return f"{where}: expected {_kind(e_tag)}, got {_kind(g_tag)}"
+        if e_arr is None:
+            continue
+        if e_arr.shape != g_arr.shape:
+            return f"{where}: expected shape {tuple(e_arr.shape)}, got {tuple(g_arr.shape)}"
+        msg = _compare_values(where, e_arr, g_arr, rtol, atol)
+        if msg:
+            return msg
+    return None
+
+
+def _compare_values(where, e, g, rtol, atol) -> str | None:
+    with np.errstate(all="ignore"):
+        return _compare_values_quiet(where, e, g, rtol, atol)
+
+
+def _compare_values_quiet(where, e, g, rtol, atol) -> str | None:
+    if e.dtype.kind in "biu" and g.dtype.kind in "biu":
+        bad = e != g
+        if not bad.any():
+            return None
+        idx = np.argwhere(bad)[0]
+        return (f"{where}: {int(bad.sum())} of {bad.size} values differ; first at "
+                f"{_fmt_index(idx)}: expected {e[tuple(idx)]}, got {g[tuple(idx)]}")
+    e = e.astype(np.complex128 if e.dtype.kind == "c" else np.float64)
+    g = g.astype(np.complex128 if g.dtype.kind == "c" else np.float64)
+    e_nan, g_nan = np.isnan(e), np.isnan(g)
+    if (g_nan & ~e_nan).any():
+        idx = np.argwhere(g_nan & ~e_nan)[0]
+        return (f"{where}: got nan at {_fmt_index(idx)} where {_fmt_num(e[tuple(idx)])} was "
+                f"expected ({int((g_nan & ~e_nan).sum())} nan values in all)")
+    if (e_nan & ~g_nan).any():
+        idx = np.argwhere(e_nan & ~g_nan)[0]
+        return f"{where}: expected nan at {_fmt_index(idx)}, got {_fmt_num(g[tuple(idx)])}"
+    e_inf, g_inf = np.isinf(e), np.isinf(g)
+    bad_inf = (e_inf | g_inf) & ~(e_nan | g_nan) & (e != g)
+    if bad_inf.any():
+        idx = tuple(np.argwhere(bad_inf)[0])
+        return (f"{where}: at {_fmt_index(idx)} expected {_fmt_num(e[idx])}, "
+                f"got {_fmt_num(g[idx])}")
+    finite = ~(e_nan | e_inf)
+    err = np.where(finite, np.abs(e - g), 0.0)
+    limit = atol + rtol * np.abs(np.where(finite, e, 0.0))
+    bad = err > limit
+    if not bad.any():
+        return None
+    idx = tuple(np.unravel_index(int(np.argmax(np.where(bad, err, -1.0))), e.shape)) if e.ndim else ()
+    return (f"{where}: {int(bad.sum())} of {bad.size} values differ; max abs error "
+            f"{float(err[idx]):.3g} at {_fmt_index(idx)} (expected {_fmt_num(e[idx])}, "
+            f"got {_fmt_num(g[idx])}; tolerance atol={atol:g}, rtol={rtol:g})")
+
+
+def _kind(tag: str) -> str:
+    if tag.startswith("torch."):
+        return f"a tensor of dtype {tag}"
+    if tag.startswith("numpy."):
+        return f"a NumPy array of dtype {tag[6:]}"
+    if tag == "NoneType":
+        return "None (did you forget to `return`?)"
+    return {"number": "a Python number", "bool": "a bool"}.get(tag, f"a {tag}")
+
+
+def describe(items: list[Item]) -> str:
+    if not items:
+        return "nothing"
+    where, arr, tag = items[0]
+    if arr is None and ("[" in tag):
+        return f"a {tag}"
+    if arr is not None and tag.startswith("torch."):
+        return f"a tensor of shape {tuple(arr.shape)} and dtype {tag}"
+    return _kind(tag)
+
+
+def tolerance(case: Case, expected: list[Item]) -> tuple[float, float]:
+    """The case's own tolerance, else the loosest default among the output dtypes."""
+    rtol, atol = 1e-7, 1e-10
+    for _, _, tag in expected:
+        r, a = TOLERANCES.get(tag, (1e-7, 1e-10))
+        rtol, atol = max(rtol, r), max(atol, a)
+    return (case.rtol if case.rtol is not None else rtol,
+            case.atol if case.atol is not None else atol)
+
+
+# ---------------------------------------------------------------------------------------
+# Serialising items (used by the grader to move outputs across processes safely).
+
+def pack(items: list[Item]) -> tuple[dict[str, np.ndarray], list]:
+    arrays, meta = {}, []
+    for i, (where, arr, tag) in enumerate(items):
+        meta.append([where, tag, arr is not None])
+        if arr is not None:
+            arrays[str(i)] = arr
+    return arrays, meta
+
+
+def unpack(arrays: dict[str, np.ndarray], meta: list) -> list[Item]:
+    return [(where, arrays[str(i)] if has else None, tag)
+            for i, (where, tag, has) in enumerate(meta)]
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=lambda o: dataclasses.asdict(o))

@@ -1,0 +1,188 @@
+"""Find forbidden shortcuts in a learner's code by reading it (never by running it).
+
+The same function serves the in-notebook ``check()`` (which reads the cells the learner
+executed) and the grader (which reads the submitted notebook's cells), so both say the
+same thing: which rule was broken, by which name, on which line.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from .core import Rule
+
+# Names a learner may use without importing them in the same cell.
+DEFAULT_ALIASES = {
+    "torch": "torch",
+    "F": "torch.nn.functional",
+    "nn": "torch.nn",
+    "np": "numpy",
+    "llmcourse": "llmcourse",
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: Rule
+    name: str  # what the code used, resolved (e.g. torch.nn.functional.softmax)
+    line: int  # line in the snippet it was found in
+    where: str  # label of the snippet (cell or function name)
+
+    def __str__(self) -> str:
+        return (f"forbidden shortcut: `{self.name}` ({self.where}, line {self.line}) - "
+                f"{self.rule.why}")
+
+
+def strip_magics(source: str) -> str:
+    """Turn IPython-only lines (``%pip``, ``!ls``) into blank lines so ``ast`` can parse."""
+    out = []
+    for line in source.splitlines():
+        out.append("" if line.lstrip().startswith(("%", "!")) else line)
+    return "\n".join(out)
+
+
+def parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(strip_magics(source))
+    except SyntaxError:
+        return None
+
+
+def collect_aliases(trees: list[tuple[str, ast.AST]]) -> dict[str, str]:
+    """Names bound by imports anywhere in ``trees`` -> the dotted name they stand for."""
+    aliases = dict(DEFAULT_ALIASES)
+    for _, tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        aliases[a.asname] = a.name
+                    else:
+                        root = a.name.split(".")[0]
+                        aliases[root] = root
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for a in node.names:
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    return aliases
+
+
+def _dotted(node: ast.AST, aliases: dict[str, str]) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name) and node.id in aliases:
+        return ".".join([aliases[node.id]] + parts[::-1])
+    return None
+
+
+def _matches(name: str, rule: Rule) -> bool:
+    t = rule.target
+    if t.startswith("."):
+        return name.rsplit(".", 1)[-1] == t[1:]
+    return name == t or name.startswith(t + ".")
+
+
+def find_violations(tree: ast.AST, rules: tuple[Rule, ...], aliases: dict[str, str],
+                    where: str) -> list[Violation]:
+    found: list[Violation] = []
+    if not rules:
+        return found
+
+    def hit(name: str, line: int):
+        for rule in rules:
+            if _matches(name, rule):
+                found.append(Violation(rule, name, line, where))
+                return
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                hit(a.name, node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                hit(f"{node.module}.{a.name}", node.lineno)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            name = _dotted(node, aliases)
+            if name is not None:
+                hit(name, node.lineno)
+            else:  # a method on some value, e.g. x.softmax(-1)
+                hit("?." + node.attr, node.lineno)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id in aliases and aliases[node.id] != node.id:
+                hit(aliases[node.id], node.lineno)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.func, ast.Name):
+            # getattr(torch, "softmax"), importlib.import_module("llmcourse.reference")
+            first = node.args[0]
+            if node.func.id == "getattr" and len(node.args) > 1 and isinstance(
+                    node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                base = _dotted(first, aliases) or "?"
+                hit(f"{base}.{node.args[1].value}", node.lineno)
+            elif node.func.id in ("__import__", "import_module") and isinstance(
+                    first, ast.Constant) and isinstance(first.value, str):
+                hit(first.value, node.lineno)
+    # one report per (rule, line)
+    seen, unique = set(), []
+    for v in found:
+        if (v.rule, v.line, v.where) not in seen:
+            seen.add((v.rule, v.line, v.where))
+            unique.append(v)
+    return unique
+
+
+def definitions(cells: list[tuple[str, str]]) -> tuple[dict[str, tuple[ast.AST, str]], list]:
+    """Top-level names defined in ``cells`` (label, source) -> (node, label); later wins.
+
+    Returns the definitions and the parsed trees (for the alias table).
+    """
+    defs: dict[str, tuple[ast.AST, str]] = {}
+    trees = []
+    for label, src in cells:
+        tree = parse(src)
+        if tree is None:
+            continue
+        trees.append((label, tree))
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defs[node.name] = (node, label)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    for n in ast.walk(t):
+                        if isinstance(n, ast.Name):
+                            defs[n.id] = (node, label)
+    return defs, trees
+
+
+def violations_for(entry: str, rules: tuple[Rule, ...], cells: list[tuple[str, str]]
+                   ) -> list[Violation]:
+    """Violations in the definition of ``entry`` and every top-level helper it reaches."""
+    if not rules:
+        return []
+    defs, trees = definitions(cells)
+    aliases = collect_aliases(trees)
+    found, todo, done = [], [entry], set()
+    while todo:
+        name = todo.pop()
+        if name in done or name not in defs:
+            continue
+        done.add(name)
+        node, label = defs[name]
+        found += find_violations(node, rules, aliases, label)
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name) and n.id in defs and n.id not in done:
+                todo.append(n.id)
+    # imports of forbidden modules anywhere also count (e.g. `from llmcourse.reference import *`)
+    for label, tree in trees:
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                found += [v for v in find_violations(node, rules, aliases, label)
+                          if not v.rule.target.startswith(".")]
+    seen, unique = set(), []
+    for v in found:
+        key = (v.rule.target, v.name, v.where, v.line)
+        if key not in seen:
+            seen.add(key)
+            unique.append(v)
+    return unique

@@ -1,0 +1,2 @@
+def main(argv=None):  # placeholder, replaced below
+    raise SystemExit("not ready")
