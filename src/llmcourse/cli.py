@@ -1,2 +1,167 @@
-def main(argv=None):  # placeholder, replaced below
-    raise SystemExit("not ready")
+"""The ``llmcourse`` command: grade, check, release.
+
+Every failure the user can cause (a bad path, a bad option, a broken notebook) ends in one
+line starting with ``llmcourse: error:`` and exit status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+class Failure(Exception):
+    pass
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _memory(text: str) -> str:
+    from .grading.sandbox import _size
+
+    try:
+        if _size(text) < 2**28:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a memory size of at least 256M: {text!r} "
+                                         "(examples: 2G, 512M)") from None
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmcourse", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("grade", help="autograde a notebook, a chapter folder or a folder of submissions")
+    g.add_argument("path", type=Path, help="a .ipynb, one learner's chapter folder, or a folder "
+                   "with one sub-folder per learner (learner/*.ipynb or learner/<chapter>/*.ipynb)")
+    g.add_argument("--assignment", "--chapter", dest="assignment", help="chapter id, e.g. 00-getting-started "
+                   "(default: recognised from the notebooks' cells)")
+    g.add_argument("--student", help="learner id when PATH is one notebook or one folder")
+    g.add_argument("--course-dir", type=Path, default=None,
+                   help="nbgrader course folder with gradebook.db (default: autograder/)")
+    g.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    g.add_argument("--csv", type=Path, help="write the scores as CSV to this file")
+    g.add_argument("--timeout", type=_positive, default=30, help="seconds per cell (default 30)")
+    g.add_argument("--notebook-timeout", type=_positive, default=600,
+                   help="seconds per notebook (default 600)")
+    g.add_argument("--memory", type=_memory, default="4G", help="kernel memory limit (default 4G)")
+    g.add_argument("--seed", type=int, help="seed of the hidden verification cases (default: random)")
+    g.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
+
+    c = sub.add_parser("check", help="run a notebook and print the public verdict of every exercise")
+    c.add_argument("notebook", type=Path)
+    c.add_argument("--timeout", type=_positive, default=120, help="seconds per cell (default 120)")
+
+    r = sub.add_parser("release", help="regenerate chapters/ from solutions/ (nbgrader)")
+    r.add_argument("--to", type=Path, help="write the student notebooks here instead of chapters/")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's SQLAlchemy noise
+    # nbgrader runs `alembic` (and kernels run `python`) from PATH: use this environment's.
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    try:
+        return {"grade": _grade, "check": _check, "release": _release}[args.command](args)
+    except Failure as exc:
+        print(f"llmcourse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmcourse: interrupted", file=sys.stderr)
+        return 130
+
+
+def _root():
+    from .grading.course import CourseError, repo_root
+
+    try:
+        return repo_root()
+    except CourseError as exc:
+        raise Failure(str(exc)) from None
+
+
+def _writable(path: Path | None) -> None:
+    if path is not None and not path.resolve().parent.is_dir():
+        raise Failure(f"cannot write {path}: folder {path.resolve().parent} does not exist")
+
+
+def _grade(args) -> int:
+    from .grading.grade import Options, grade, rows_to_csv, rows_to_json
+
+    root = _root()
+    _writable(args.json)
+    _writable(args.csv)
+    if not args.path.exists():
+        raise Failure(f"no such file or folder: {args.path}")
+    if args.path.is_file() and args.path.suffix != ".ipynb":
+        raise Failure(f"{args.path} is not a notebook (.ipynb)")
+    options = Options(course_dir=(args.course_dir or root / "autograder").resolve(),
+                      cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
+                      memory=args.memory, feedback=not args.no_feedback, seed=args.seed)
+    try:
+        rows = grade(args.path, root, options, args.assignment, args.student,
+                     log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise Failure(str(exc)) from None
+    _table(rows)
+    if args.json:
+        args.json.write_text(rows_to_json(rows), encoding="utf-8")
+    if args.csv:
+        args.csv.write_text(rows_to_csv(rows), encoding="utf-8")
+    return 0
+
+
+def _table(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="llmcourse grade")
+    for col in ("student", "chapter", "notebook", "score", "notes"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        notes = r.problems + [f"{c.grade_id}: {c.reason}" for c in r.cells if c.reason]
+        t.add_row(r.student, r.assignment, r.notebook, f"{r.score:g}/{r.max_score:g}",
+                  "\n".join(notes) or "-")
+    Console(width=160).print(t)
+
+
+def _check(args) -> int:
+    from .grading.check_notebook import check_notebook
+
+    if not args.notebook.is_file():
+        raise Failure(f"no such notebook: {args.notebook}")
+    try:
+        ok = check_notebook(args.notebook, timeout=args.timeout)
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+    return 0 if ok else 1
+
+
+def _release(args) -> int:
+    from .grading.course import CourseError
+    from .grading.release import release
+
+    try:
+        release(_root(), args.to)
+    except CourseError as exc:
+        raise Failure(str(exc)) from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

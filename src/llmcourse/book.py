@@ -1,0 +1,105 @@
+"""Support for the rendered book (Jupyter Book 1.x), so it works with no CDN.
+
+Two jobs, both small:
+
+1. ``python -m llmcourse.book vendor <node_modules> <dest>`` copies the browser files the
+   book loads at run time out of ``_vendor/node_modules`` (installed by ``npm ci`` from
+   ``_vendor/package-lock.json``) into ``<dest>`` (``_vendor/static``), which
+   ``_config.yml`` lists in ``html_static_path``; Sphinx then copies it to
+   ``_build/html/_static/``. Only what the pages request is copied (:data:`VENDORED`):
+
+   - MathJax 3 ``tex-chtml-full.js`` (TeX input with every extension built in, so nothing
+     is autoloaded), the CHTML woff fonts it requests via CSS, and the accessibility
+     components (``a11y/``, speech-rule-engine ``sre/mathmaps``) that its right-click
+     menu loads on demand;
+   - mermaid's ES-module build ``mermaid.esm.min.mjs`` and the chunks it imports lazily
+     (one per diagram type). sphinxcontrib-mermaid 2.x does ``import mermaid from <url>``,
+     so the single-file ``mermaid.min.js`` (a classic script, no default export) does
+     not work with it;
+   - both licences.
+
+2. As a Sphinx extension (listed in ``_config.yml`` ``sphinx.extra_extensions``) it drops
+   the "launch" (Colab) button from pages whose source is not an ``.ipynb``. The book
+   theme offers it on every page with a kernel (our executed ``.md`` narrative pages too),
+   but Colab can only open notebooks, so on those pages the link would be broken.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+#: (glob under node_modules, folder under dest). Every glob must match at least one file,
+#: so a package that changes its layout fails loudly here, not silently in a browser.
+VENDORED: list[tuple[str, str]] = [
+    ("mathjax/es5/tex-chtml-full.js", "mathjax"),
+    ("mathjax/es5/output/chtml/fonts/woff-v2/*.woff", "mathjax/output/chtml/fonts/woff-v2"),
+    ("mathjax/es5/a11y/*.js", "mathjax/a11y"),
+    ("mathjax/es5/sre/mathmaps/*.json", "mathjax/sre/mathmaps"),
+    ("mathjax/LICENSE", "mathjax"),
+    ("mermaid/dist/mermaid.esm.min.mjs", "mermaid"),
+    ("mermaid/dist/chunks/mermaid.esm.min/*.mjs", "mermaid/chunks/mermaid.esm.min"),
+    ("mermaid/LICENSE", "mermaid"),
+]
+
+#: Paths (relative to ``_static``) that ``_config.yml`` points at; the test suite checks them.
+MATHJAX_JS = "mathjax/tex-chtml-full.js"
+MERMAID_JS = "mermaid/mermaid.esm.min.mjs"
+
+USAGE = "usage: python -m llmcourse.book vendor <node_modules> <dest>"
+
+
+def vendor(node_modules: Path, dest: Path) -> int:
+    """Copy :data:`VENDORED` from ``node_modules`` into ``dest``; return the file count.
+
+    The ``mathjax/`` and ``mermaid/`` folders under ``dest`` are replaced, so files from an
+    older version never linger. Raises ``FileNotFoundError`` if a glob matches nothing.
+    """
+    node_modules, dest = Path(node_modules), Path(dest)
+    if not node_modules.is_dir():
+        raise FileNotFoundError(f"{node_modules} is not a folder (run `npm ci` in _vendor/)")
+    plan = []
+    for pattern, folder in VENDORED:
+        matches = sorted(p for p in node_modules.glob(pattern) if p.is_file())
+        if not matches:
+            raise FileNotFoundError(f"nothing matches {pattern!r} under {node_modules}")
+        plan += [(src, dest / folder / src.name) for src in matches]
+    for top in {folder.split("/")[0] for _, folder in VENDORED}:
+        shutil.rmtree(dest / top, ignore_errors=True)
+    for src, target in plan:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    return len(plan)
+
+
+def _drop_launch_buttons_off_notebooks(app, pagename, templatename, context, doctree):
+    if context.get("page_source_suffix") != ".ipynb" and "header_buttons" in context:
+        context["header_buttons"] = [
+            b for b in context["header_buttons"] if b.get("label") != "launch-buttons"
+        ]
+
+
+def setup(app):
+    """Sphinx extension entry point (see the module docstring, point 2)."""
+    # sphinx-book-theme adds its buttons at priority 501; run after it.
+    app.connect("html-page-context", _drop_launch_buttons_off_notebooks, priority=502)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "vendor":
+        print(f"error: {USAGE} (got {' '.join(args) or 'no arguments'})", file=sys.stderr)
+        return 2
+    try:
+        n = vendor(Path(args[1]), Path(args[2]))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"vendored {n} files into {args[2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

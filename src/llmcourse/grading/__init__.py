@@ -1,0 +1,1 @@
+"""The grader: nbgrader plus a sandboxed kernel and verification outside the kernel."""

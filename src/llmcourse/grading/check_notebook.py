@@ -1,0 +1,43 @@
+"""``llmcourse check NOTEBOOK``: run a notebook and print the public verdict of every exercise.
+
+The same verdict as the notebook's ``check_all()`` cell, from a terminal - useful before
+submitting. (``nbgrader validate`` exits 0 even when tests fail; this exits 1.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .submissions import load_notebook
+
+MARK = "@@llmcourse-verdict@@"
+
+
+def check_notebook(path: Path, timeout: int = 120) -> bool:
+    import nbformat
+    from nbclient import NotebookClient
+
+    data, problem = load_notebook(path)
+    if problem:
+        raise ValueError(problem)
+    nb = nbformat.from_dict(data)
+    client = NotebookClient(nb, timeout=timeout, allow_errors=True,
+                            resources={"metadata": {"path": str(path.resolve().parent)}})
+    verdict = nbformat.v4.new_code_cell(
+        "from llmcourse import check_all as _ca\n"
+        f"_r = _ca()\nprint('{MARK}', all(bool(v) for v in _r.values()) and len(_r) > 0)")
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type == "code":
+                client.execute_cell(cell, index)
+        nb.cells.append(verdict)
+        client.execute_cell(verdict, len(nb.cells) - 1)
+    errors = [(i, o) for i, c in enumerate(nb.cells[:-1]) if c.cell_type == "code"
+              for o in c.outputs if o.get("output_type") == "error"]
+    for i, o in errors:
+        if o.get("ename") not in ("CheckFailed", "NotImplementedError"):
+            print(f"cell {i}: {o.get('ename')}: {o.get('evalue', '')[:200]}")
+    text = "".join(o.get("text", "") for o in verdict.outputs if o.get("output_type") == "stream")
+    print(text.replace(MARK, "").rsplit("\n", 2)[0].strip() if MARK in text else
+          "could not run the checks (see the errors above)")
+    return f"{MARK} True" in text

@@ -1,0 +1,236 @@
+"""``llmcourse grade``: nbgrader autograde, hardened.
+
+For each submission: repaired notebooks go to ``submitted/``; nbgrader autogrades them in
+a sandboxed kernel (:mod:`.execute`); then, in this process, each exercise is judged again
+on hidden cases the learner's kernel never saw the answers to (:mod:`.verify`) and the
+learner's code is read for forbidden shortcuts. A graded cell keeps its points only if
+nbgrader passed it AND every exercise it checks passed both. Overrides are written to the
+gradebook (as a manual score of 0 with a comment), so nbgrader's feedback and exports agree.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..checks.core import Rule
+from ..checks.forbidden import violations_for
+from .course import nbgrader_config
+from .submissions import SourceIndex, Submission, _nbg, _text, discover
+from .verify import CaseMaker, entries_and_rules, judge
+
+
+@dataclass
+class CellScore:
+    grade_id: str
+    points: float
+    max_points: float
+    reason: str = ""
+
+
+@dataclass
+class Row:
+    student: str
+    assignment: str
+    notebook: str
+    score: float
+    max_score: float
+    cells: list[CellScore] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    feedback: str = ""
+
+
+@dataclass
+class Options:
+    course_dir: Path
+    cell_timeout: int = 30
+    notebook_timeout: int = 600
+    memory: str = "4G"
+    feedback: bool = True
+    seed: int | None = None
+
+
+def grade(path: Path, root: Path, options: Options, assignment: str | None = None,
+          student: str | None = None, log=print) -> list[Row]:
+    index = SourceIndex(root)
+    if assignment and assignment not in index.assignments:
+        raise ValueError(f"unknown chapter {assignment!r} (known: {', '.join(index.assignments)})")
+    subs = discover(path, index, assignment, student)
+    rows: list[Row] = []
+    seed = options.seed if options.seed is not None else secrets.randbits(31)
+    by_assignment: dict[str, list[Submission]] = {}
+    for sub in subs:
+        if sub.assignment not in index.assignments:
+            rows.append(Row(sub.student, sub.assignment, "-", 0, 0, problems=sub.problems or
+                            ["could not tell which chapter this is; pass --assignment"]))
+        else:
+            by_assignment.setdefault(sub.assignment, []).append(sub)
+    options.course_dir.mkdir(parents=True, exist_ok=True)
+    for name, group in by_assignment.items():
+        with tempfile.TemporaryDirectory(prefix="llmc-verify-") as vdir:
+            rows += _grade_assignment(name, group, index, root, options, seed, Path(vdir), log)
+    return rows
+
+
+def _grade_assignment(assignment, subs, index, root, options, seed, vdir, log) -> list[Row]:
+    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    sources = index.of(assignment)
+    exercise_ids = sorted({e for s in sources for g in s.grade_cells.values() for e in g.exercises})
+    inputs = str(vdir / "inputs.npz")
+    maker = CaseMaker(seed, inputs, exercise_ids) if exercise_ids else None
+    plan = {s.name: {"inputs": inputs, "entries": {e: entry for g in s.grade_cells.values()
+                                                  for e, entry in g.exercises.items()}}
+            for s in sources}
+    (vdir / "plan.json").write_text(json.dumps(plan))
+    cfg = nbgrader_config(root, options.course_dir, cell_timeout=options.cell_timeout,
+                          notebook_timeout=options.notebook_timeout, memory=options.memory,
+                          verify_dir=str(vdir))
+    api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
+    db_url = cfg.CourseDirectory.db_url
+    _ensure_assignment(api, assignment, db_url, root)
+    rows = []
+    for sub in subs:
+        t0 = time.perf_counter()
+        folder = options.course_dir / "submitted" / sub.student / assignment
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name, nb in sub.notebooks.items():
+            (folder / f"{name}.ipynb").write_text(json.dumps(nb, indent=1), encoding="utf-8")
+        problems = list(sub.problems)
+        # The kernel waits for the hidden inputs only at the very end, so making them
+        # overlaps the kernel's start-up and the learner's cells.
+        result = api.autograde(assignment, sub.student, force=True, create=True)
+        if not result["success"]:
+            problems.append("nbgrader could not grade this submission: " + _last_line(result))
+        expected = maker.result() if maker is not None else None
+        sub_rows = []
+        with Gradebook(db_url, "llmcourse") as gb:
+            for src in sources:
+                nb = sub.notebooks.get(src.name)
+                verdicts = judge(expected, str(vdir / "out" / f"{sub.student}--{src.name}.npz"),
+                                 sorted({e for g in src.grade_cells.values() for e in g.exercises})
+                                 ) if (maker and nb is not None) else {}
+                mine = [p for p in problems if p.startswith(src.name)]
+                row = Row(sub.student, assignment, src.name, 0.0, 0.0, problems=mine + (
+                    [p for p in problems if not any(p.startswith(s.name) for s in sources)]
+                    if src is sources[0] else []))
+                if nb is None:
+                    row.problems.append(f"{src.name}.ipynb missing: scored 0")
+                rules = entries_and_rules(expected) if maker else {}
+                for gc in src.grade_cells.values():
+                    row.cells.append(_settle(gb, MissingEntry, gc, src, sub, nb, verdicts, rules))
+                row.score = sum(c.points for c in row.cells)
+                row.max_score = sum(c.max_points for c in row.cells)
+                sub_rows.append(row)
+        if options.feedback and result["success"]:
+            fb = api.generate_feedback(assignment, sub.student, force=True)
+            for row in sub_rows:
+                html = options.course_dir / "feedback" / sub.student / assignment / f"{row.notebook}.html"
+                row.feedback = str(html) if fb["success"] and html.exists() else ""
+        for row in sub_rows:
+            row.seconds = round(time.perf_counter() - t0, 2)
+            log(f"graded {row.student}/{assignment}/{row.notebook}: {row.score:g}/{row.max_score:g}")
+        rows += sub_rows
+    return rows
+
+
+def _settle(gb, MissingEntry, gc, src, sub, nb, verdicts, rules) -> CellScore:
+    """Final points of one graded cell: nbgrader's, unless the checks outside the kernel disagree."""
+    try:
+        grade = gb.find_grade(gc.grade_id, src.name, src.assignment, sub.student)
+    except MissingEntry:
+        return CellScore(gc.grade_id, 0.0, gc.points, "not graded")
+    reasons = []
+    cells = [(f"cell '{_nbg(c).get('grade_id') or i}'", _text(c)) for i, c in enumerate(nb["cells"])
+             if c.get("cell_type") == "code" and not _nbg(c).get("locked")] if nb else []
+    for exid, entry in gc.exercises.items():
+        if exid in rules:
+            found = violations_for(entry, tuple(Rule(t, w) for t, w in rules[exid][1]), cells)
+            if found:
+                reasons.append(f"{exid}: {found[0]}")
+                continue
+        v = verdicts.get(exid)
+        if v is not None and not v.ok:
+            reasons.append(f"{exid}: {v.message}" + (f" - diagnosis: {v.mistake}" if v.mistake else ""))
+    auto = float(grade.auto_score or 0.0)
+    grade.manual_score = 0.0 if (reasons and auto > 0) else None
+    _comment(gb, MissingEntry, gc, src, sub, reasons)
+    gb.db.commit()
+    if not reasons and auto < gc.points:
+        reasons.append("the test cell failed in the notebook (see the feedback)")
+    return CellScore(gc.grade_id, 0.0 if reasons else auto, gc.points, "; ".join(reasons))
+
+
+def _comment(gb, MissingEntry, gc, src, sub, reasons) -> None:
+    """Put the reason on the answer cell(s) of the exercise, where the feedback shows it."""
+    for entry in gc.exercises.values():
+        try:
+            comment = gb.find_comment(entry, src.name, src.assignment, sub.student)
+        except MissingEntry:
+            continue
+        comment.manual_comment = ("Checked outside your notebook: " + "; ".join(reasons)) if reasons else None
+
+
+def _ensure_assignment(api, assignment, db_url, root) -> None:
+    """Make sure the gradebook knows the chapter's cells (nbgrader records them on release)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    stamp = Path(db_url.replace("sqlite:///", "")).with_suffix(".sources.json")
+    digest = _digest(root / "solutions" / assignment)
+    seen = json.loads(stamp.read_text()) if stamp.exists() else {}
+    try:
+        with Gradebook(db_url, "llmcourse") as gb:
+            gb.find_assignment(assignment)
+        known = seen.get(assignment) == digest
+    except MissingEntry:
+        known = False
+    if known:
+        return
+    with tempfile.TemporaryDirectory(prefix="llmc-release-") as tmp:
+        api.coursedir.release_directory = tmp
+        result = api.generate_assignment(assignment, force=True, create=True)
+    if not result["success"]:
+        raise RuntimeError(f"could not register {assignment} in the gradebook: {_last_line(result)}")
+    seen[assignment] = digest
+    stamp.write_text(json.dumps(seen))
+
+
+def _digest(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(folder.glob("*.ipynb")):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def _last_line(result: dict) -> str:
+    text = (result.get("error") or result.get("log") or "unknown error").strip().splitlines()
+    errors = [ln for ln in text if "ERROR" in ln or "Error" in ln]
+    return (errors or text or ["unknown error"])[-1][:300]
+
+
+def rows_to_json(rows: list[Row]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=2)
+
+
+def rows_to_csv(rows: list[Row]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["student", "assignment", "notebook", "score", "max_score", "problems"])
+    for r in rows:
+        w.writerow([r.student, r.assignment, r.notebook, f"{r.score:g}", f"{r.max_score:g}",
+                    " | ".join(r.problems + [f"{c.grade_id}: {c.reason}" for c in r.cells if c.reason])])
+    return buf.getvalue()

@@ -1,0 +1,83 @@
+"""``make release``: regenerate chapters/ from solutions/ with nbgrader, for every chapter.
+
+Student notebooks get a first cell that installs the course library when it is missing
+(Colab), keeping whatever torch is already installed. The output is deterministic, so a test
+can compare a fresh release with the committed chapters/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .course import CourseError, chapters, nbgrader_config, read_repository_url
+
+SETUP_ID = "llmcourse-setup"
+
+SETUP_SOURCE = '''\
+# Setup - run this cell first. It installs the course library when it is missing (e.g. on
+# Colab) and keeps the torch that is already installed.
+import importlib.util, subprocess, sys, tempfile
+if importlib.util.find_spec("llmcourse") is None:
+    pins = []
+    try:
+        import torch
+        pins.append(f"torch=={{torch.__version__}}")
+    except ImportError:
+        pass
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\\n".join(pins))
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-c", f.name,
+                           "llmcourse @ git+{url}"])'''
+
+
+def setup_cell(url: str) -> dict:
+    return {"cell_type": "code", "execution_count": None, "id": SETUP_ID,
+            "metadata": {"tags": [SETUP_ID]}, "outputs": [],
+            "source": SETUP_SOURCE.format(url=url)}
+
+
+def write_notebook(path: Path, nb: dict) -> None:
+    path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+
+
+def finalize(path: Path, url: str) -> None:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") != SETUP_ID]
+    nb["cells"].insert(0, setup_cell(url))
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        if isinstance(cell.get("source"), list):
+            cell["source"] = "".join(cell["source"])
+    write_notebook(path, nb)
+
+
+def release(root: Path, out_dir: Path | None = None, log=print) -> list[str]:
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    out = Path(out_dir or root / "chapters").resolve()
+    url = read_repository_url(root)
+    names = chapters(root)
+    if not names:
+        raise CourseError(f"no chapter folders (NN-name) in {root / 'solutions'}")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():
+        if stale.is_dir() and stale.name not in names:
+            shutil.rmtree(stale)
+    with tempfile.TemporaryDirectory(prefix="llmc-release-") as tmp:
+        cfg = nbgrader_config(root, course_dir=Path(tmp), release_dir=out)
+        api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
+        for name in names:
+            result = api.generate_assignment(name, force=True, create=True)
+            if not result["success"]:
+                lines = (result.get("error") or result.get("log") or "unknown error").strip().splitlines()
+                raise CourseError(f"release of {name} failed: {lines[-1]}")
+            for nb in sorted((out / name).glob("*.ipynb")):
+                finalize(nb, url)
+            log(f"released {name}")
+    return names

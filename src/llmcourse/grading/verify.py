@@ -1,0 +1,149 @@
+"""Verification outside the kernel.
+
+1. ``python -m llmcourse.grading.verify SEED INPUTS EXERCISE...`` runs in a process of the
+   grader's own (never the learner's): it makes each exercise's hidden cases from a seed
+   chosen at grading time, writes the *inputs* to INPUTS (for the kernel) and prints the
+   expected outputs, each known mistake's outputs and the forbidden-shortcut rules to stdout.
+2. The kernel runs the learner's functions on those inputs (:mod:`.harness`).
+3. :func:`judge` compares the kernel's outputs with the expected ones in the grader's
+   process, using NumPy only, and names the mistake when one matches.
+
+A learner who patches torch, numpy, ``check`` or the test cells inside the kernel changes
+nothing here: the comparison and the expected values never pass through the kernel.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+
+from ..checks.core import compare, unpack
+from . import codec
+
+
+def case_seed(seed: int, exercise_id: str) -> int:
+    return (seed + zlib.crc32(exercise_id.encode())) % (2**31)
+
+
+def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
+    """Inputs -> ``inputs_path`` (written atomically); expected outputs -> returned npz bytes."""
+    from ..checks import _clone, get  # imports torch and the specs: trusted process only
+    from ..checks.core import flatten, pack, tolerance
+
+    in_arrays, in_meta, ex_arrays, ex_meta = {}, {}, {}, {}
+    for exid in exercise_ids:
+        ex = get(exid)
+        in_meta[exid], ex_meta[exid] = [], {"entry": ex.entry, "cases": [],
+                                            "forbid": [[r.target, r.why] for r in ex.forbid]}
+        for ci, case in enumerate(ex.cases(case_seed(seed, exid), True)):
+            in_meta[exid].append({"label": case.label,
+                                  "args": codec.encode(tuple(case.args), in_arrays, f"{exid}:{ci}:a"),
+                                  "kwargs": codec.encode(case.kwargs, in_arrays, f"{exid}:{ci}:k")})
+            expected = flatten(ex.expected(_clone(case)))
+            rtol, atol = tolerance(case, expected)
+            arrays, meta = pack(expected)
+            ex_arrays.update({f"{exid}:{ci}:e{k}": v for k, v in arrays.items()})
+            mistakes = []
+            for mi, m in enumerate(ex.mistakes):
+                try:
+                    arrays, m_meta = pack(flatten(ex.call(m.impl, _clone(case))))
+                except Exception:
+                    continue
+                ex_arrays.update({f"{exid}:{ci}:m{mi}:{k}": v for k, v in arrays.items()})
+                mistakes.append([mi, m.name, m.explain, m_meta])
+            ex_meta[exid]["cases"].append({"label": case.label, "rtol": rtol, "atol": atol,
+                                           "expected": meta, "mistakes": mistakes})
+    tmp = inputs_path + ".tmp.npz"
+    codec.save(tmp, in_arrays, in_meta)
+    os.replace(tmp, inputs_path)
+    buf = io.BytesIO()
+    codec.save(buf, ex_arrays, ex_meta)
+    return buf.getvalue()
+
+
+class CaseMaker:
+    """Runs :func:`make_cases` in a separate process, started early so that it overlaps the
+    kernel's start-up (torch is imported there, never in the grader's own process)."""
+
+    def __init__(self, seed: int, inputs_path: str, exercise_ids: list[str]):
+        self.inputs_path = inputs_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmcourse.grading.verify", str(seed), inputs_path, *exercise_ids],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._result: tuple[dict, dict] | None = None
+
+    def result(self, timeout: float = 300) -> tuple[dict, dict]:
+        if self._result is None:
+            out, err = self.proc.communicate(timeout=timeout)
+            if self.proc.returncode != 0:
+                last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"could not make the hidden cases: {last[0]}")
+            self._result = codec.load(io.BytesIO(out))
+        return self._result
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    message: str = ""
+    mistake: str = ""
+
+
+def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str]) -> dict[str, Verdict]:
+    """Compare the kernel's outputs with the expected ones, exercise by exercise."""
+    ex_arrays, ex_meta = expected
+    if not os.path.exists(outputs_path):
+        return {e: Verdict(False, "the notebook never reached the grader's verification step "
+                                  "(kernel died or ran out of time)") for e in exercise_ids}
+    try:
+        got_arrays, got_meta = codec.load(outputs_path)
+    except Exception as exc:
+        return {e: Verdict(False, f"unreadable outputs ({type(exc).__name__})") for e in exercise_ids}
+    verdicts = {}
+    for exid in exercise_ids:
+        verdicts[exid] = _judge_one(exid, ex_meta[exid]["cases"], ex_arrays,
+                                    got_meta.get(exid, []) if isinstance(got_meta, dict) else [],
+                                    got_arrays)
+    return verdicts
+
+
+def _judge_one(exid, cases, ex_arrays, got_cases, got_arrays) -> Verdict:
+    for ci, case in enumerate(cases):
+        label = f"hidden case {ci + 1}/{len(cases)} '{case['label']}'"
+        if ci >= len(got_cases) or not isinstance(got_cases[ci], dict):
+            return Verdict(False, f"{label}: no output")
+        got = got_cases[ci]
+        if got.get("error") == "not implemented yet":
+            return Verdict(False, "not implemented yet")
+        if "error" in got:
+            return Verdict(False, f"{label} raised {got['error']}")
+        try:
+            g_items = unpack({k.split(":", 2)[2]: v for k, v in got_arrays.items()
+                              if k.startswith(f"{exid}:{ci}:")}, got["items"])
+        except (KeyError, TypeError, ValueError):
+            return Verdict(False, f"{label}: malformed output")
+        e_items = unpack({k.split(":", 2)[2][1:]: v for k, v in ex_arrays.items()
+                          if k.startswith(f"{exid}:{ci}:e")}, case["expected"])
+        problem = compare(e_items, g_items, case["rtol"], case["atol"])
+        if problem:
+            for mi, name, explain, m_meta in case["mistakes"]:
+                prefix = f"{exid}:{ci}:m{mi}:"
+                m_items = unpack({k[len(prefix):]: v for k, v in ex_arrays.items()
+                                  if k.startswith(prefix)}, m_meta)
+                if compare(m_items, g_items, case["rtol"], case["atol"]) is None:
+                    return Verdict(False, f"{label}: {problem}", f"{name}: {explain}")
+            return Verdict(False, f"{label}: {problem}")
+    return Verdict(True)
+
+
+def entries_and_rules(expected: tuple[dict, dict]) -> dict[str, tuple[str, list]]:
+    return {exid: (m["entry"], m["forbid"]) for exid, m in expected[1].items()}
+
+
+if __name__ == "__main__":
+    seed, inputs = int(sys.argv[1]), sys.argv[2]
+    sys.stdout.buffer.write(make_cases(seed, inputs, sys.argv[3:]))
