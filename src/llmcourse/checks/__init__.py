@@ -129,8 +129,7 @@ def _same_inputs(a: Case, b: Case) -> bool:
 
 def run(exercise: Exercise, fn, *, seed: int | None = None, hidden: bool = False) -> Result:
     """Run every case; stop at the first failure and try to name the mistake."""
-    rules = exercise.forbid
-    violations = violations_for(exercise.entry, rules, _learner_cells(fn)) if rules else []
+    violations = violations_for(exercise.entry, exercise.rules, _learner_cells(fn))
     if violations:
         return Result(exercise, "forbidden", 0, 0, str(violations[0]))
     cases = exercise.cases(exercise.public_seed if seed is None else seed, hidden)

@@ -52,6 +52,15 @@ class Rule:
 
     target: str
     why: str
+    allow: tuple[str, ...] = ()  # names under a module target that stay allowed
+
+
+# Forbidden in every exercise, on top of each exercise's own rules.
+GLOBAL_RULES = (
+    Rule("llmcourse.reference", "write it yourself instead of calling the course's reference"),
+    Rule("llmcourse.checks", "the checker's internals are not part of an answer",
+         allow=("check", "check_all", "CheckFailed", "Result")),
+)
 
 
 class Exercise:
@@ -76,6 +85,11 @@ class Exercise:
 
     def expected(self, case: Case):
         return self.call(self.reference, case)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """This exercise's forbidden shortcuts plus the global ones."""
+        return tuple(dict.fromkeys(self.forbid + GLOBAL_RULES))
 
 
 # ---------------------------------------------------------------------------------------

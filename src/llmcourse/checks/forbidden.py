@@ -81,6 +81,8 @@ def _matches(name: str, rule: Rule) -> bool:
     t = rule.target
     if t.startswith("."):
         return name.rsplit(".", 1)[-1] == t[1:]
+    if any(name == f"{t}.{a}" or name.startswith(f"{t}.{a}.") for a in rule.allow):
+        return False
     return name == t or name.startswith(t + ".")
 
 
@@ -112,14 +114,15 @@ def find_violations(tree: ast.AST, rules: tuple[Rule, ...], aliases: dict[str, s
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             if node.id in aliases and aliases[node.id] != node.id:
                 hit(aliases[node.id], node.lineno)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.func, ast.Name):
+        elif isinstance(node, ast.Call) and node.args:
             # getattr(torch, "softmax"), importlib.import_module("llmcourse.reference")
+            func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
             first = node.args[0]
-            if node.func.id == "getattr" and len(node.args) > 1 and isinstance(
+            if func == "getattr" and len(node.args) > 1 and isinstance(
                     node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
                 base = _dotted(first, aliases) or "?"
                 hit(f"{base}.{node.args[1].value}", node.lineno)
-            elif node.func.id in ("__import__", "import_module") and isinstance(
+            elif func in ("__import__", "import_module") and isinstance(
                     first, ast.Constant) and isinstance(first.value, str):
                 hit(first.value, node.lineno)
     # one report per (rule, line)

@@ -154,10 +154,9 @@ def _settle(gb, MissingEntry, gc, src, sub, nb, verdicts, rules) -> CellScore:
              if c.get("cell_type") == "code" and not _nbg(c).get("locked")] if nb else []
     for exid, entry in gc.exercises.items():
         if exid in rules:
-            found = violations_for(entry, tuple(Rule(t, w) for t, w in rules[exid][1]), cells)
+            found = violations_for(entry, tuple(Rule(t, w, tuple(a)) for t, w, a in rules[exid][1]), cells)
             if found:
                 reasons.append(f"{exid}: {found[0]}")
-                continue
         v = verdicts.get(exid)
         if v is not None and not v.ok:
             reasons.append(f"{exid}: {v.message}" + (f" - diagnosis: {v.mistake}" if v.mistake else ""))

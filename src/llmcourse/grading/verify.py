@@ -38,7 +38,7 @@ def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
     for exid in exercise_ids:
         ex = get(exid)
         in_meta[exid], ex_meta[exid] = [], {"entry": ex.entry, "cases": [],
-                                            "forbid": [[r.target, r.why] for r in ex.forbid]}
+                                            "forbid": [[r.target, r.why, list(r.allow)] for r in ex.rules]}
         for ci, case in enumerate(ex.cases(case_seed(seed, exid), True)):
             in_meta[exid].append({"label": case.label,
                                   "args": codec.encode(tuple(case.args), in_arrays, f"{exid}:{ci}:a"),

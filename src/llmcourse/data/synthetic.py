@@ -1,0 +1,482 @@
+"""A synthetic multi-domain language whose generating distribution is known exactly.
+
+Every document is made by one small program, :func:`_document`, that takes each random
+decision through ``pick``. Run with a random-number generator it *samples*; run against a
+text it *scores* (each ``pick`` reads which option the text took); run with a list of
+choice indices it *enumerates* every document of a small language. Because the options at
+every decision point are distinct token sequences (an LL(1)-style grammar), the text fixes
+the choices uniquely, so the probability of a document is the product of its choices'
+probabilities: **exact**, not estimated. The entropy rate of the language, the best
+cross-entropy any model can reach on it, follows (:func:`entropy_floor`).
+
+The grammar (``|`` separates options, probabilities in brackets, ``W*`` a Zipf-weighted
+word from list W, ``?`` an optional part; one document per line, each ending in "\\n")::
+
+    document := "Once upon a time, there was a" story     [0.5]
+              | "Math:" math                              [0.2]
+              | "Review:" review                          [0.3]
+    story    := adjective{0,2} animal* "named" NAME* "." event{1,5} "The end."
+                (another event follows with probability 0.6)
+    event    := opener* (NAME | he/she) (                    NAME/he/she: [0.6/0.4]
+                  "found a" color*? object* "." ("He wanted to" verb* "the" OBJECT ".")?
+                | "met a" adjective{0,2} animal* "named" OTHER_NAME* "."
+                      ("They played in the" place* "." | "They became friends.")?
+                | "went to the" place* "." ("He saw a" adjective{0,2} animal* "there.")?
+                | "felt" feeling* ("." | "because it was a" weather* "day."))
+    math     := problem{1,4}; problem := A op B "=" RESULT "."
+                A uniform in 0..99; op + [0.4] | - [0.3] | * [0.3];
+                B uniform in 0..99 (+), 0..A (-), 0..9 (*)
+    review   := sentence{1,3} "Rating:" STARS ("star" | "stars") "."
+    sentence := clause "." [0.5] | clause ", and the" clause "." [0.25]
+              | clause ", but the" clause "." [0.25]
+    clause   := ("The" |) aspect* "was" "not"? [0.25] intensifier*? [0.3] sentiment*
+
+Capitalised pieces are not random: the hero's name and pronoun are reused, OBJECT is the
+object found, RESULT is the true result, STARS = clamp(3 + score, 1, 5), where the score
+is compositional: a sentiment word is worth +1 (good, nice, ...), +2 (great, ...), -1 (bad,
+...) or -2 (awful, ...); an intensifier adds 1 to its size; "not" turns any clause into
+-1 if it was positive, +1 if negative; "and" adds two clauses, and after "but" only the
+second clause counts. A model can only predict the rating (and the sums) by learning this
+composition: the floor charges nothing for them.
+
+Sampling uses nothing but ``random.Random(seed).random()``, whose sequence Python
+guarantees across versions and platforms, plus IEEE arithmetic: the same seed gives the
+same bytes on every machine. The text is ASCII, so a character is a byte.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+import re
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from typing import Iterator
+
+END = "\n"  # ends every document
+_ATTACH = frozenset({".", ",", ":", END})  # written without a space before them
+_TOKEN = re.compile(r"\n|[A-Za-z]+|[0-9]+|[.,:+\-*=]")
+STORY, MATH, REVIEW = 0, 1, 2
+DOMAINS = ("story", "math", "review")
+
+
+class NotInLanguage(ValueError):
+    """The text is not a document of the language (its probability is 0)."""
+
+
+def _zipf(n: int) -> tuple[float, ...]:
+    return tuple(1.0 / (i + 1) for i in range(n))
+
+
+@dataclass(frozen=True)
+class Language:
+    """The vocabulary and probabilities of the language; the default is the course's."""
+
+    domain_weights: tuple[float, float, float] = (0.5, 0.2, 0.3)  # story, math, review
+    names: tuple[tuple[str, str], ...] = (("Tom", "he"), ("Lily", "she"), ("Ben", "he"),
+                                          ("Mia", "she"), ("Sam", "he"), ("Anna", "she"),
+                                          ("Max", "he"), ("Sue", "she"))
+    animals: tuple[str, ...] = ("cat", "dog", "bird", "fox", "rabbit", "bear", "duck", "frog",
+                                "mouse", "pig")
+    adjectives: tuple[str, ...] = ("little", "big", "small", "happy", "sleepy", "brave",
+                                   "tiny", "fluffy", "kind", "funny")
+    colors: tuple[str, ...] = ("red", "blue", "green", "yellow", "pink", "brown", "purple",
+                               "white")
+    objects: tuple[str, ...] = ("ball", "kite", "box", "book", "hat", "drum", "cake", "stick",
+                                "shell", "toy")
+    verbs: tuple[str, ...] = ("keep", "share", "show", "hide")
+    places: tuple[str, ...] = ("park", "forest", "river", "garden", "beach", "farm", "town",
+                               "hill")
+    feelings: tuple[str, ...] = ("happy", "sad", "tired", "proud", "scared", "calm", "silly")
+    weathers: tuple[str, ...] = ("sunny", "rainy", "windy", "cold", "warm", "snowy")
+    openers: tuple[str, ...] = ("One day ,", "Then", "Later ,", "After that ,", "Suddenly ,")
+    event_weights: tuple[float, float, float, float] = (0.3, 0.3, 0.2, 0.2)
+    max_adjectives: int = 2
+    p_adjective: float = 0.4
+    max_events: int = 5
+    p_more_events: float = 0.6
+    max_problems: int = 4
+    p_more_problems: float = 0.5
+    max_number: int = 99
+    max_factor: int = 9
+    aspects: tuple[str, ...] = ("food", "service", "pasta", "soup", "staff", "price",
+                                "music", "room", "coffee", "pizza")
+    good: tuple[str, ...] = ("good", "nice", "fine", "tasty")  # +1
+    great: tuple[str, ...] = ("great", "excellent", "amazing", "delicious")  # +2
+    bad: tuple[str, ...] = ("bad", "slow", "bland", "dull")  # -1
+    awful: tuple[str, ...] = ("awful", "terrible", "horrible", "disgusting")  # -2
+    intensifiers: tuple[str, ...] = ("very", "really", "extremely")
+    p_not: float = 0.25
+    p_intensifier: float = 0.3
+    max_sentences: int = 3
+    p_more_sentences: float = 0.5
+
+    @classmethod
+    def tiny(cls) -> "Language":
+        """A language small enough to enumerate every document (used to test exactness)."""
+        return cls(names=(("Tom", "he"), ("Mia", "she")), animals=("cat",), adjectives=("big",),
+                   colors=("red",), objects=("ball", "box"), verbs=("keep",), places=("park",),
+                   feelings=("sad",), weathers=("cold",), openers=("Then", "Later ,"),
+                   max_adjectives=1, max_events=2, max_problems=2, max_number=2, max_factor=1,
+                   aspects=("food",), good=("good",), great=("great",), bad=("bad",),
+                   awful=("awful",), intensifiers=("very",), max_sentences=2)
+
+    @cached_property
+    def _sentiment(self) -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+        groups = ((self.good, 1), (self.great, 2), (self.bad, -1), (self.awful, -2))
+        words = tuple(w for g, _ in groups for w in g)
+        weights = tuple(z / sum(_zipf(len(g))) for g, _ in groups for z in _zipf(len(g)))
+        return words, weights, tuple(v for g, v in groups for _ in g)
+
+
+# ---------------------------------------------------------------------------------------
+# Choosers: the same grammar program samples, scores or enumerates depending on which one
+# makes its decisions.
+
+@lru_cache(maxsize=None)
+def _table(options: tuple, weights: tuple | None):
+    """Options as token tuples, their probabilities, cumulative sums and a first-token index."""
+    opts = tuple(o if isinstance(o, tuple) else tuple(o.split()) for o in options)
+    w = weights if weights is not None else _zipf(len(opts))
+    total = sum(w)
+    probs = tuple(x / total for x in w)
+    index: dict[str | None, list[int]] = {}
+    for i, o in enumerate(opts):
+        index.setdefault(o[0] if o else None, []).append(i)
+    return opts, probs, tuple(itertools.accumulate(probs)), index
+
+
+class _Chooser:
+    def __init__(self):
+        self.tokens: list[str] = []
+        self.choices: list[int] = []
+        self.logp = 0.0
+
+    def pick(self, options: tuple, weights: tuple | None = None) -> int:
+        """Choose one option (a token string or tuple), emit its tokens, return its index.
+        Without ``weights`` the options are Zipf-weighted (1, 1/2, 1/3, ...)."""
+        opts, probs, cum, index = _table(options, weights)
+        i = self._decide(opts, cum, index)
+        self.choices.append(i)
+        if probs[i] <= 0.0:
+            raise NotInLanguage("a choice of probability 0")
+        self.logp += math.log(probs[i])
+        self.emit(*opts[i])
+        return i
+
+    def emit(self, *tokens: str) -> None:
+        self.tokens.extend(tokens)
+
+    def _decide(self, opts, cum, index) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _Sampler(_Chooser):
+    def __init__(self, rng: random.Random):
+        super().__init__()
+        self.rng = rng
+
+    def _decide(self, opts, cum, index) -> int:
+        return min(bisect.bisect_right(cum, self.rng.random() * cum[-1]), len(opts) - 1)
+
+
+class _Scorer(_Chooser):
+    """Reads the choices off a tokenised document; fails when the text leaves the language."""
+
+    def __init__(self, tokens: list[str]):
+        super().__init__()
+        self.text, self.pos = tokens, 0
+
+    def _decide(self, opts, cum, index) -> int:
+        nxt = self.text[self.pos] if self.pos < len(self.text) else None
+        found = [i for i in index.get(nxt, ()) if tuple(self.text[self.pos:self.pos + len(opts[i])]) == opts[i]]
+        if len(found) > 1:
+            raise AssertionError(f"ambiguous grammar: options {[opts[i] for i in found]}")
+        if not found and None not in index:
+            raise NotInLanguage(f"unexpected {nxt!r} at token {self.pos}")
+        return found[0] if found else index[None][0]
+
+    def emit(self, *tokens: str) -> None:
+        end = self.pos + len(tokens)
+        if tuple(self.text[self.pos:end]) != tokens:
+            raise NotInLanguage(f"expected {' '.join(tokens)!r} at token {self.pos}")
+        self.pos = end
+
+
+class _Replay(_Chooser):
+    """Follows a prefix of choice indices, then takes option 0 (depth-first enumeration)."""
+
+    def __init__(self, prefix: list[int]):
+        super().__init__()
+        self.prefix, self.branching = prefix, []
+
+    def _decide(self, opts, cum, index) -> int:
+        k = len(self.choices)
+        self.branching.append(len(opts))
+        return self.prefix[k] if k < len(self.prefix) else 0
+
+
+# ---------------------------------------------------------------------------------------
+# The grammar program.
+
+def _document(c: _Chooser, L: Language) -> None:
+    domain = c.pick(("Once upon a time , there was a", "Math :", "Review :"), L.domain_weights)
+    (_story, _math, _review)[domain](c, L)
+
+
+def _more(c: _Chooser, p_more: float, stop: tuple, last: bool) -> bool:
+    """Go on (emitting nothing) with probability ``p_more``, else emit ``stop``."""
+    if last:
+        c.emit(*stop)
+        return False
+    return c.pick(((), stop), (p_more, 1.0 - p_more)) == 0
+
+
+def _maybe(c: _Chooser, words: tuple, p: float) -> str | None:
+    """With probability ``p`` one of ``words`` (Zipf-weighted), else nothing."""
+    weights = (1.0 - p,) + tuple(p * z / sum(_zipf(len(words))) for z in _zipf(len(words)))
+    i = c.pick(((),) + words, weights)
+    return words[i - 1] if i else None
+
+
+def _animal(c: _Chooser, L: Language) -> None:
+    for _ in range(L.max_adjectives):
+        if _maybe(c, L.adjectives, L.p_adjective) is None:
+            break
+    c.pick(L.animals)
+
+
+def _story(c: _Chooser, L: Language) -> None:
+    _animal(c, L)
+    c.emit("named")
+    name, pron = L.names[c.pick(tuple(n for n, _ in L.names))]
+    c.emit(".")
+    for k in range(L.max_events):
+        _event(c, L, name, pron)
+        if not _more(c, L.p_more_events, ("The", "end", ".", END), k + 1 == L.max_events):
+            return
+
+
+def _event(c: _Chooser, L: Language, name: str, pron: str) -> None:
+    c.pick(L.openers)
+    c.pick((name, pron), (0.6, 0.4))
+    kind = c.pick(("found a", "met a", "went to the", "felt"), L.event_weights)
+    if kind == 0:
+        _maybe(c, L.colors, 0.5)
+        thing = L.objects[c.pick(L.objects)]
+        c.emit(".")
+        if c.pick(((), f"{pron.capitalize()} wanted to"), (0.5, 0.5)):
+            c.pick(L.verbs)
+            c.emit("the", thing, ".")
+    elif kind == 1:
+        _animal(c, L)
+        c.emit("named")
+        c.pick(tuple(n for n, _ in L.names if n != name))
+        c.emit(".")
+        if c.pick(((), "They played in the", "They became friends ."), (0.4, 0.3, 0.3)) == 1:
+            c.pick(L.places)
+            c.emit(".")
+    elif kind == 2:
+        c.pick(L.places)
+        c.emit(".")
+        if c.pick(((), f"{pron.capitalize()} saw a"), (0.5, 0.5)):
+            _animal(c, L)
+            c.emit("there", ".")
+    else:
+        c.pick(L.feelings)
+        if c.pick((".", "because it was a"), (0.5, 0.5)):
+            c.pick(L.weathers)
+            c.emit("day", ".")
+
+
+@lru_cache(maxsize=None)
+def _numbers(hi: int) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    return tuple((str(i),) for i in range(hi + 1)), (1.0,) * (hi + 1)
+
+
+def _number(c: _Chooser, hi: int) -> int:
+    """Uniform in 0..hi."""
+    return c.pick(*_numbers(hi))
+
+
+def _math(c: _Chooser, L: Language) -> None:
+    for k in range(L.max_problems):
+        a = _number(c, L.max_number)
+        op = c.pick(("+", "-", "*"), (0.4, 0.3, 0.3))
+        b = _number(c, (L.max_number, a, L.max_factor)[op])
+        c.emit("=", str((a + b, a - b, a * b)[op]), ".")
+        if not _more(c, L.p_more_problems, (END,), k + 1 == L.max_problems):
+            return
+
+
+def _review(c: _Chooser, L: Language) -> None:
+    score = 0
+    for k in range(L.max_sentences):
+        first = _clause(c, L, "The")
+        joint = c.pick((".", ", and the", ", but the"), (0.5, 0.25, 0.25))
+        if joint:
+            second = _clause(c, L, None)
+            c.emit(".")
+        score += (first, first + second, second)[joint] if joint else first
+        if not _more(c, L.p_more_sentences, ("Rating", ":"), k + 1 == L.max_sentences):
+            break
+    stars = min(5, max(1, 3 + score))
+    c.emit(str(stars), "star" if stars == 1 else "stars", ".", END)
+
+
+def _clause(c: _Chooser, L: Language, det: str | None) -> int:
+    if det:
+        c.emit(det)
+    c.pick(L.aspects)
+    c.emit("was")
+    negated = c.pick(((), "not"), (1.0 - L.p_not, L.p_not)) == 1
+    intensified = _maybe(c, L.intensifiers, L.p_intensifier) is not None
+    words, weights, values = L._sentiment
+    v = values[c.pick(words, weights)]
+    if intensified:
+        v += 1 if v > 0 else -1
+    return (-1 if v > 0 else 1) if negated else v
+
+
+# ---------------------------------------------------------------------------------------
+# Public API.
+
+DEFAULT = Language()
+
+
+def render(tokens: list[str]) -> str:
+    """Tokens -> text: one space between tokens, none before . , : or the final newline."""
+    return "".join(t if i == 0 or t in _ATTACH else " " + t for i, t in enumerate(tokens))
+
+
+def sample_documents(n: int, seed: int = 0, language: Language = DEFAULT) -> list[tuple[str, float]]:
+    """``n`` documents and their exact log-probabilities (nats), from one seeded stream."""
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        c = _Sampler(rng)
+        _document(c, language)
+        out.append((render(c.tokens), c.logp))
+    return out
+
+
+def documents(n: int, seed: int = 0, language: Language = DEFAULT) -> list[str]:
+    """``n`` documents (each one line ending in "\\n"); a prefix of the list for a larger n."""
+    return [text for text, _ in sample_documents(n, seed, language)]
+
+
+def corpus(n_chars: int = 1_000_000, seed: int = 0, language: Language = DEFAULT) -> str:
+    """Whole documents from seed ``seed`` until at least ``n_chars`` characters (= bytes).
+
+    Convention in the book: seed 0 trains, seed 1 validates, seed 2 tests."""
+    rng, parts, size = random.Random(seed), [], 0
+    while size < n_chars:
+        c = _Sampler(rng)
+        _document(c, language)
+        parts.append(render(c.tokens))
+        size += len(parts[-1])
+    return "".join(parts)
+
+
+def split_documents(text: str) -> list[str]:
+    """A text of whole documents -> the documents, each with its final newline."""
+    if text and not text.endswith(END):
+        raise ValueError("the text must consist of whole documents, each ending in a newline")
+    return [d + END for d in text.split(END)[:-1]]
+
+
+def document_log_prob(doc: str, language: Language = DEFAULT) -> float:
+    """Exact log p(doc) in nats for ONE document; -inf if it is not in the language."""
+    tokens = _TOKEN.findall(doc)
+    if render(tokens) != doc:
+        return -math.inf  # characters or spacing the language never produces
+    c = _Scorer(tokens)
+    try:
+        _document(c, language)
+    except NotInLanguage:
+        return -math.inf
+    return c.logp if c.pos == len(tokens) else -math.inf
+
+
+def log_prob(text: str, language: Language = DEFAULT) -> float:
+    """Exact log-probability (nats) of a text made of whole documents: the sum over them."""
+    return sum(document_log_prob(d, language) for d in split_documents(text))
+
+
+def domain_of(doc: str) -> str:
+    return DOMAINS[("Once", "Math", "Review").index(doc.split(" ", 1)[0].rstrip(":"))]
+
+
+@dataclass(frozen=True)
+class EntropyFloor:
+    """The language's entropy rate, estimated from held-out documents' exact log-probs.
+
+    ``nats_per_char`` = sum of -log p(doc) / sum of len(doc) over the documents: the lowest
+    cross-entropy (natural log) per character that any model of this corpus can reach, with
+    its standard error. ``bits_per_char`` is the same in bits (divide by ln 2). Per byte of
+    UTF-8 is identical here (ASCII). For a tokenizer, multiply by characters per token."""
+
+    nats_per_char: float
+    stderr_per_char: float
+    nats_per_byte: float
+    stderr_per_byte: float
+    n_docs: int
+    n_chars: int
+    n_bytes: int
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / math.log(2)
+
+    def nats_per_token(self, chars_per_token: float) -> float:
+        return self.nats_per_char * chars_per_token
+
+
+def _ratio(xs: list[float], ys: list[int]) -> tuple[float, float]:
+    """sum(x)/sum(y) and its delta-method standard error."""
+    n, r = len(xs), sum(xs) / sum(ys)
+    mean_y = sum(ys) / n
+    var = sum((x - r * y) ** 2 for x, y in zip(xs, ys)) / (n - 1) if n > 1 else math.inf
+    return r, math.sqrt(var / n) / mean_y
+
+
+def entropy_floor(n_docs: int = 4000, seed: int = 2, language: Language = DEFAULT) -> EntropyFloor:
+    """Estimate the entropy rate from ``n_docs`` documents of seed ``seed``, scoring each
+    one's text exactly (:func:`document_log_prob`). Restrict ``language.domain_weights`` to
+    one domain, e.g. ``(0, 1, 0)``, for that domain's own floor."""
+    docs = documents(n_docs, seed, language)
+    nll = [-document_log_prob(d, language) for d in docs]
+    chars = [len(d) for d in docs]
+    nbytes = [len(d.encode("utf-8")) for d in docs]
+    (pc, sc), (pb, sb) = _ratio(nll, chars), _ratio(nll, nbytes)
+    return EntropyFloor(pc, sc, pb, sb, n_docs, sum(chars), sum(nbytes))
+
+
+def enumerate_documents(language: Language, limit: int = 200_000) -> Iterator[tuple[str, float]]:
+    """Every document of a finite language with its log-probability (depth-first)."""
+    prefix: list[int] = []
+    for _ in range(limit):
+        c = _Replay(prefix)
+        try:
+            _document(c, language)
+            yield render(c.tokens), c.logp
+        except NotInLanguage:
+            pass
+        j = len(c.choices) - 1
+        while j >= 0 and c.choices[j] + 1 >= c.branching[j]:
+            j -= 1
+        if j < 0:
+            return
+        prefix = c.choices[:j] + [c.choices[j] + 1]
+    raise ValueError(f"the language has more than {limit} documents; use entropy_floor()")
+
+
+def exact_entropy_rate(language: Language, limit: int = 200_000) -> tuple[float, float]:
+    """(nats per character, total probability) of a finite language, by enumeration:
+    H(document) / E[length]. The total probability should be 1."""
+    h = length = total = 0.0
+    for text, logp in enumerate_documents(language, limit):
+        p = math.exp(logp)
+        h, length, total = h - p * logp, length + p * len(text), total + p
+    return h / length, total

@@ -1,0 +1,72 @@
+"""Shared helpers for the project's own test suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = str(Path(sys.executable).parent)
+# nbgrader runs `alembic` and kernels run `python` from PATH: the venv's.
+os.environ["PATH"] = BIN + os.pathsep + os.environ.get("PATH", "")
+os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+
+def chapter_names() -> list[str]:
+    from llmcourse.grading.course import chapters
+
+    return chapters(ROOT)
+
+
+def llmcourse(*args: str, cwd: Path = ROOT, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real console command (as a learner or instructor would)."""
+    return subprocess.run([sys.executable, "-m", "llmcourse.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def grade(path: Path, course_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    out = course_dir / "result.json"
+    proc = llmcourse("grade", path, "--course-dir", course_dir, "--json", out, "--seed", "1234",
+                     *extra)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    return proc, rows
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save(path: Path, nb: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+    return path
+
+
+def nbgrader_meta(cell: dict) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def filled_student_notebook(chapter: str, name: str) -> dict:
+    """The released student notebook with the instructor's answers pasted into its answer
+    cells: what a learner who solved everything submits."""
+    student = load(ROOT / "chapters" / chapter / f"{name}.ipynb")
+    answers = {nbgrader_meta(c).get("grade_id"): c["source"]
+               for c in load(ROOT / "solutions" / chapter / f"{name}.ipynb")["cells"]
+               if nbgrader_meta(c).get("solution")}
+    for cell in student["cells"]:
+        gid = nbgrader_meta(cell).get("grade_id")
+        if gid in answers:
+            src = answers[gid]
+            src = "".join(src) if isinstance(src, list) else src
+            cell["source"] = "\n".join(l for l in src.splitlines() if "### " not in l)
+    return student
+
+
+@pytest.fixture
+def course_dir(tmp_path) -> Path:
+    return tmp_path / "course"
