@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# MathJax and mermaid from npm, so the book renders offline.
-_vendor/static/.installed: _vendor/package.json _vendor/package-lock.json
-	cd _vendor && npm ci --silent --no-audit --no-fund
+# MathJax and mermaid from npm, so the book renders offline (the list of files copied
+# lives in src/llmcourse/book.py). The venv is order-only: it must exist, but a newer venv
+# is no reason to vendor again.
+_vendor/static/.installed: _vendor/package.json _vendor/package-lock.json src/llmcourse/book.py | $(VENV)/.installed
+	cd _vendor && npm ci --silent --no-audit --no-fund --ignore-scripts
 	$(BIN)/python -m llmcourse.book vendor _vendor/node_modules _vendor/static
 	touch $@
 

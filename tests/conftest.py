@@ -30,7 +30,7 @@ def llmcourse(*args: str, cwd: Path = ROOT, timeout: float = 900) -> subprocess.
 
 
 def grade(path: Path, course_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    out = course_dir / "result.json"
+    out = course_dir.parent / f"{course_dir.name}-result.json"
     proc = llmcourse("grade", path, "--course-dir", course_dir, "--json", out, "--seed", "1234",
                      *extra)
     rows = json.loads(out.read_text()) if out.exists() else []

@@ -293,3 +293,18 @@ def test_config_publishes_only_the_toc_and_names_the_repository():
     for name in ("_toc.yml", "Makefile", "pyproject.toml"):
         path = REPO / name
         assert not path.is_file() or REPO_URL not in path.read_text(encoding="utf-8"), name
+
+
+def test_vendor_command_rejects_bad_input(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "llmcourse.book", *map(str, args)],
+                              capture_output=True, text=True, timeout=60)
+
+    for args in [(), ("vendr", tmp_path, tmp_path), ("vendor", tmp_path / "missing", tmp_path / "out")]:
+        proc = run(*args)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+    # A package whose layout changed (here: mermaid missing) is named, and nothing is copied.
+    (tmp_path / "nm/mathjax/es5").mkdir(parents=True)
+    (tmp_path / "nm/mathjax/es5/tex-chtml-full.js").write_text("//")
+    proc = run("vendor", tmp_path / "nm", tmp_path / "out")
+    assert proc.returncode == 2 and "woff" in proc.stderr and not (tmp_path / "out").exists()

@@ -183,7 +183,7 @@ def test_sinusoidal_closed_form():
     for i in range(d // 2):
         b = k / 10000 ** (2 * i / d)
         M[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor([[math.cos(b), -math.sin(b)],
-                                                            [math.sin(b), math.cos(b)]])
+                                                            [math.sin(b), math.cos(b)]], dtype=F64)
     torch.testing.assert_close(pe[:T - k] @ M, pe[k:], atol=1e-12, rtol=0)
 
 
@@ -336,48 +336,45 @@ def test_post_ln_is_not_pre_ln():
 # ---------------------------------------------------------------------------------------
 # GPT against Hugging Face GPT-2 (random weights from a config; nothing is downloaded)
 
-@pytest.fixture(scope="module")
-def hf_gpt2():
-    transformers = pytest.importorskip("transformers")
+def hf_gpt2(transformers):
     config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=50, n_positions=32,
                                      bos_token_id=0, eos_token_id=0, attn_implementation="eager")
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()
-    randomize(model, torch.Generator().manual_seed(7), scale=0.3)
+    randomize(model, torch.Generator().manual_seed(7), scale=0.3)  # LN weights and biases too
     assert model.lm_head.weight is model.transformer.wte.weight
     return model
 
 
-def test_gpt_logits_equal_hf_gpt2(hf_gpt2):
-    """float32 within 1e-5; float32 rounding grows with the logits' size (HF's own float32
-    logits are ~5e-6 from exact here), so the tight check is the float64 one."""
+def test_gpt_equals_hf_gpt2_logits_and_greedy_generation():
+    """One test (importing transformers costs seconds). float32 logits within 1e-5: float32
+    rounding grows with the logits' size (HF's own float32 logits are ~5e-6 from exact
+    here), so the tight check is the float64 one. Then greedy generation: ours with and
+    without the KV cache, and HF's generate(), give the same tokens."""
+    hf = hf_gpt2(pytest.importorskip("transformers"))
     idx = torch.randint(0, 50, (3, 32), generator=torch.Generator().manual_seed(8))
-    ours = G.from_hf(hf_gpt2)
+    ours = G.from_hf(hf)
     assert ours.lm_head.weight is ours.transformer.wte.weight
     with torch.no_grad():
-        want, got = hf_gpt2(idx).logits, ours(idx)
+        want, got = hf(idx).logits, ours(idx)
     assert want.abs().max() > 1.0  # not a trivially small output
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    hf64 = hf_gpt2.double()
-    try:
-        ours64 = G.from_hf(hf64)
-        with torch.no_grad():
-            torch.testing.assert_close(ours64(idx), hf64(idx).logits, rtol=1e-12, atol=1e-12)
-    finally:
-        hf_gpt2.float()
 
-
-def test_gpt_greedy_generation_equals_hf_and_cache_equals_no_cache(hf_gpt2):
-    ours = G.from_hf(hf_gpt2)
     prompt = torch.randint(0, 50, (2, 4), generator=torch.Generator().manual_seed(9))
     cached = ours.generate(prompt, 12, use_cache=True)
-    uncached = ours.generate(prompt, 12, use_cache=False)
-    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, ours.generate(prompt, 12, use_cache=False))
     assert len(set(cached[0, 4:].tolist())) > 1  # a non-degenerate continuation
     with torch.no_grad():
-        hf = hf_gpt2.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
-                              do_sample=False, pad_token_id=0)
-    assert torch.equal(cached, hf)
+        theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                             do_sample=False, pad_token_id=0)
+    assert torch.equal(cached, theirs)
+
+    hf64 = hf.double()
+    ours64 = G.from_hf(hf64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours64(idx), hf64(idx).logits, rtol=1e-12, atol=1e-12)
+    assert torch.equal(ours64.generate(prompt, 12, use_cache=True),
+                       ours64.generate(prompt, 12, use_cache=False))
 
 
 def test_rope_matches_hf_llama_rotary():

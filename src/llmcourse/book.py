@@ -10,8 +10,9 @@ Two jobs, both small:
 
    - MathJax 3 ``tex-chtml-full.js`` (TeX input with every extension built in, so nothing
      is autoloaded), the CHTML woff fonts it requests via CSS, and the accessibility
-     components (``a11y/``, speech-rule-engine ``sre/mathmaps``) that its right-click
-     menu loads on demand;
+     components (``a11y/``, ``input/mml.js``, speech-rule-engine ``sre/mathmaps``) that
+     its right-click menu loads on demand (checked in headless Chromium: enabling the
+     explorer fetches exactly these, all locally);
    - mermaid's ES-module build ``mermaid.esm.min.mjs`` and the chunks it imports lazily
      (one per diagram type). sphinxcontrib-mermaid 2.x does ``import mermaid from <url>``,
      so the single-file ``mermaid.min.js`` (a classic script, no default export) does
@@ -36,6 +37,7 @@ VENDORED: list[tuple[str, str]] = [
     ("mathjax/es5/tex-chtml-full.js", "mathjax"),
     ("mathjax/es5/output/chtml/fonts/woff-v2/*.woff", "mathjax/output/chtml/fonts/woff-v2"),
     ("mathjax/es5/a11y/*.js", "mathjax/a11y"),
+    ("mathjax/es5/input/mml.js", "mathjax/input"),  # needed by a11y/semantic-enrich
     ("mathjax/es5/sre/mathmaps/*.json", "mathjax/sre/mathmaps"),
     ("mathjax/LICENSE", "mathjax"),
     ("mermaid/dist/mermaid.esm.min.mjs", "mermaid"),

@@ -260,5 +260,11 @@ def unpack(arrays: dict[str, np.ndarray], meta: list) -> list[Item]:
             for i, (where, tag, has) in enumerate(meta)]
 
 
+def exception_line(exc: BaseException) -> str:
+    """An exception as one short line: ``TypeError: message``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
 def to_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=lambda o: dataclasses.asdict(o))

@@ -117,11 +117,11 @@ class Language:
     def tiny(cls) -> "Language":
         """A language small enough to enumerate every document (used to test exactness)."""
         return cls(names=(("Tom", "he"), ("Mia", "she")), animals=("cat",), adjectives=("big",),
-                   colors=("red",), objects=("ball", "box"), verbs=("keep",), places=("park",),
-                   feelings=("sad",), weathers=("cold",), openers=("Then", "Later ,"),
-                   max_adjectives=1, max_events=2, max_problems=2, max_number=2, max_factor=1,
-                   aspects=("food",), good=("good",), great=("great",), bad=("bad",),
-                   awful=("awful",), intensifiers=("very",), max_sentences=2)
+                   colors=("red",), objects=("ball",), verbs=("keep",), places=("park",),
+                   feelings=("sad",), weathers=("cold",), openers=("Then",), max_adjectives=1,
+                   max_events=2, max_problems=2, max_number=2, max_factor=1, aspects=("food",),
+                   good=("good",), great=(), bad=("bad",), awful=(), intensifiers=(),
+                   max_sentences=2)
 
     @cached_property
     def _sentiment(self) -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
@@ -234,10 +234,15 @@ def _more(c: _Chooser, p_more: float, stop: tuple, last: bool) -> bool:
     return c.pick(((), stop), (p_more, 1.0 - p_more)) == 0
 
 
+@lru_cache(maxsize=None)
+def _optional(words: tuple, p: float) -> tuple[tuple, tuple[float, ...]]:
+    z = _zipf(len(words))
+    return ((),) + words, (1.0 - p,) + tuple(p * x / sum(z) for x in z)
+
+
 def _maybe(c: _Chooser, words: tuple, p: float) -> str | None:
     """With probability ``p`` one of ``words`` (Zipf-weighted), else nothing."""
-    weights = (1.0 - p,) + tuple(p * z / sum(_zipf(len(words))) for z in _zipf(len(words)))
-    i = c.pick(((),) + words, weights)
+    i = c.pick(*_optional(words, p))
     return words[i - 1] if i else None
 
 
@@ -314,12 +319,13 @@ def _math(c: _Chooser, L: Language) -> None:
 def _review(c: _Chooser, L: Language) -> None:
     score = 0
     for k in range(L.max_sentences):
-        first = _clause(c, L, "The")
+        value = _clause(c, L, "The")
         joint = c.pick((".", ", and the", ", but the"), (0.5, 0.25, 0.25))
         if joint:
             second = _clause(c, L, None)
             c.emit(".")
-        score += (first, first + second, second)[joint] if joint else first
+            value = value + second if joint == 1 else second  # after "but" only the second counts
+        score += value
         if not _more(c, L.p_more_sentences, ("Rating", ":"), k + 1 == L.max_sentences):
             break
     stars = min(5, max(1, 3 + score))

@@ -6,13 +6,8 @@ torch or with the checks can only change what is reported, never how it is judge
 from __future__ import annotations
 
 from ..checks import get
-from ..checks.core import Case, flatten, pack
+from ..checks.core import Case, exception_line, flatten, pack
 from . import codec
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def dump(inputs_path: str, out_path: str, entries: dict[str, str]) -> None:
@@ -41,7 +36,7 @@ def dump(inputs_path: str, out_path: str, entries: dict[str, str]) -> None:
                 results.append({"error": "not implemented yet"})
                 continue
             except Exception as exc:  # reported, judged outside
-                results.append({"error": _one_line(exc)})
+                results.append({"error": exception_line(exc)})
                 continue
             for i, arr in got.items():
                 out_arrays[f"{exid}:{ci}:{i}"] = arr

@@ -21,7 +21,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 
-from ..checks.core import compare, unpack
+from ..checks.core import compare, exception_line, unpack
 from . import codec
 
 
@@ -51,7 +51,8 @@ def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
             for mi, m in enumerate(ex.mistakes):
                 try:
                     arrays, m_meta = pack(flatten(ex.call(m.impl, _clone(case))))
-                except Exception:
+                except Exception as exc:  # a mistake that crashes is matched by its error
+                    mistakes.append([mi, m.name, m.explain, exception_line(exc)])
                     continue
                 ex_arrays.update({f"{exid}:{ci}:m{mi}:{k}": v for k, v in arrays.items()})
                 mistakes.append([mi, m.name, m.explain, m_meta])
@@ -120,7 +121,8 @@ def _judge_one(exid, cases, ex_arrays, got_cases, got_arrays) -> Verdict:
         if got.get("error") == "not implemented yet":
             return Verdict(False, "not implemented yet")
         if "error" in got:
-            return Verdict(False, f"{label} raised {got['error']}")
+            named = [f"{n}: {e}" for _, n, e, m in case["mistakes"] if m == got["error"]]
+            return Verdict(False, f"{label} raised {got['error']}", named[0] if named else "")
         try:
             g_items = unpack({k.split(":", 2)[2]: v for k, v in got_arrays.items()
                               if k.startswith(f"{exid}:{ci}:")}, got["items"])
@@ -131,6 +133,8 @@ def _judge_one(exid, cases, ex_arrays, got_cases, got_arrays) -> Verdict:
         problem = compare(e_items, g_items, case["rtol"], case["atol"])
         if problem:
             for mi, name, explain, m_meta in case["mistakes"]:
+                if isinstance(m_meta, str):
+                    continue
                 prefix = f"{exid}:{ci}:m{mi}:"
                 m_items = unpack({k[len(prefix):]: v for k, v in ex_arrays.items()
                                   if k.startswith(prefix)}, m_meta)
