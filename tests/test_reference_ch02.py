@@ -126,7 +126,7 @@ def torch_mha(d, h, g, dtype=F64):
     with torch.no_grad():
         for p in mha.parameters():
             p.copy_(randn(g, *p.shape, dtype=dtype, scale=0.5))
-    return mha, A.MultiHeadAttention(d, h).to(dtype).load_from_torch(mha).eval()
+    return mha, A.load_mha_from_torch(A.MultiHeadAttention(d, h).to(dtype), mha).eval()
 
 
 @FAST

@@ -39,9 +39,16 @@ def _memory(text: str) -> str:
     return text
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes end in one line too (argparse would print the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"llmcourse: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmcourse", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = OneLineParser(prog="llmcourse", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     g = sub.add_parser("grade", help="autograde a notebook, a chapter folder or a folder of submissions")
     g.add_argument("path", type=Path, help="a .ipynb, one learner's chapter folder, or a folder "

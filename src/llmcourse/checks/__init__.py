@@ -21,6 +21,7 @@ __all__ = ["check", "check_all", "CheckFailed", "Result", "get", "all_exercises"
 # chapter prefix -> module holding that chapter's exercise specs
 CHAPTERS = {
     "00": "llmcourse.checks.ch00",
+    "02": "llmcourse.checks.ch02",
     "01": "llmcourse.checks.ch01",
 }
 

@@ -91,8 +91,8 @@ class NgramCounts(Exercise):
         return cases
 
 
-def _count_tables(seed: int, hidden: bool) -> list[Case]:
-    """Count tables shared by the smoothing exercises (args: counts only)."""
+def _count_tables(seed: int, hidden: bool, params: tuple[float, ...]) -> list[Case]:
+    """Count tables shared by the smoothing exercises; args (counts, params[i])."""
     g = torch.Generator().manual_seed(seed)
     cases = [
         Case("bigram counts, V=5", (ref.ngram_counts(_seq(g, 30, 5), 2, 5),)),
@@ -107,6 +107,8 @@ def _count_tables(seed: int, hidden: bool) -> list[Case]:
             Case("float64 counts", (ref.ngram_counts(_seq(g, 40, 5), 2, 5).double(),)),
             Case("synthetic-language characters, bigrams", (ref.ngram_counts(ids, 2, v),)),
         ]
+    for case, param in zip(cases, params):
+        case.args += (param,)
     return cases
 
 
@@ -159,10 +161,7 @@ class AddK(Exercise):
         return ref.add_k_probs(counts, k)
 
     def cases(self, seed, hidden):
-        cases = _count_tables(seed, hidden)
-        for case, k in zip(cases, (1.0, 0.5, 0.1, 2.0, 0.01, 1.0, 0.25)):
-            case.args += (k,)
-        return cases
+        return _count_tables(seed, hidden, (1.0, 0.5, 0.1, 2.0, 0.01, 1.0, 0.25))  # k
 
 
 # -- Kneser-Ney ----------------------------------------------------------------------------
@@ -220,10 +219,7 @@ class KneserNey(Exercise):
         return ref.kneser_ney_probs(counts, discount)
 
     def cases(self, seed, hidden):
-        cases = _count_tables(seed, hidden)
-        for case, d in zip(cases, (0.75, 0.75, 0.5, 0.75, 0.9, 1.0, 0.6)):
-            case.args += (d,)
-        return cases
+        return _count_tables(seed, hidden, (0.75, 0.75, 0.5, 0.75, 0.9, 1.0, 0.6))  # discount
 
 
 # -- perplexity ----------------------------------------------------------------------------
@@ -400,15 +396,9 @@ def _merge_right_to_left(ids, pair, new_id):
 
 
 def _merge_drops_last(ids, pair, new_id):
-    out, i = [], 0
-    while i < len(ids) - 1:
-        if (ids[i], ids[i + 1]) == tuple(pair):
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
+    # `while i < len(ids) - 1:` never copies a last token that was not merged
+    out = ref_bpe.merge(list(ids), tuple(pair), new_id)
+    return out if out[-1:] == [new_id] else out[:-1]
 
 
 @register
@@ -561,12 +551,12 @@ class BpeEncode(_ListExercise):
     mistakes = (
         Mistake("merges across chunk boundaries", "pre-tokenize with PATTERN and encode each "
                 "chunk on its own; merges never join two chunks.", _encode_whole),
-        Mistake("merges applied in text order, not rank order", "at each step apply the "
-                "merge with the LOWEST rank present in the chunk, wherever it is.",
-                lambda text, merges: _encode_greedy(text, merges, by_frequency=False)),
         Mistake("merges chosen by frequency, not rank", "the order of merges is their rank in "
                 "the list, not how often a pair occurs in the text being encoded.",
                 lambda text, merges: _encode_greedy(text, merges, by_frequency=True)),
+        Mistake("merges applied in text order, not rank order", "at each step apply the "
+                "merge with the LOWEST rank present in the chunk, wherever it is.",
+                lambda text, merges: _encode_greedy(text, merges, by_frequency=False)),
         Mistake("code points instead of UTF-8 bytes", "start from text.encode('utf-8'): "
                 "byte-level BPE works on bytes 0..255, not on Unicode code points.",
                 _encode_code_points),
@@ -578,8 +568,9 @@ class BpeEncode(_ListExercise):
     def cases(self, seed, hidden):
         cases = _bpe_cases(seed, hidden, lambda merges, texts: [
             Case(f"encode {text[:24]!r}", (text, merges)) for text in texts])
-        # (b, c) has the lower rank but (a, b) is more frequent in "abcab"
-        return cases + [Case("rank beats frequency", ("abcab abcab", [(98, 99), (97, 98)]))]
+        # (b, c) has the lower rank; (a, b) comes first in "abc" and is more frequent in "abcab"
+        return cases + [Case("rank beats text order", ("abc", [(98, 99), (97, 98)])),
+                        Case("rank beats frequency", ("abcab abcab", [(98, 99), (97, 98)]))]
 
 
 def _decoder(join_bytes):

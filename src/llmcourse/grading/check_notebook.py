@@ -6,6 +6,7 @@ submitting. (``nbgrader validate`` exits 0 even when tests fail; this exits 1.)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .submissions import load_notebook
@@ -20,7 +21,7 @@ def check_notebook(path: Path, timeout: int = 120) -> bool:
     data, problem = load_notebook(path)
     if problem:
         raise ValueError(problem)
-    nb = nbformat.from_dict(data)
+    nb = nbformat.reads(json.dumps(data), as_version=4)
     client = NotebookClient(nb, timeout=timeout, allow_errors=True,
                             resources={"metadata": {"path": str(path.resolve().parent)}})
     verdict = nbformat.v4.new_code_cell(

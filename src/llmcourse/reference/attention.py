@@ -87,7 +87,7 @@ class MultiHeadAttention(nn.Module):
 
     Parameters (nn.Linear layout): ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``, each
     (d_model, d_model) with a bias. ``nn.MultiheadAttention`` keeps the first three stacked in
-    ``in_proj_weight`` (rows [q; k; v]); :meth:`load_from_torch` copies them across.
+    ``in_proj_weight`` (rows [q; k; v]); :func:`load_mha_from_torch` copies them across.
 
     forward(x_q, x_kv=None, mask=None): x_q (..., T_q, d_model), x_kv (..., T_k, d_model)
     (defaults to x_q: self-attention), mask bool broadcastable to (..., T_q, T_k), True = may
@@ -114,19 +114,19 @@ class MultiHeadAttention(nn.Module):
             mask = mask.unsqueeze(-3)  # the same mask for every head
         return self.out_proj(merge_heads(scaled_dot_product_attention(q, k, v, mask)))
 
-    @torch.no_grad()
-    def load_from_torch(self, mha: nn.MultiheadAttention) -> "MultiHeadAttention":
-        """Copy the weights of an ``nn.MultiheadAttention`` with the same sizes."""
-        w_q, w_k, w_v = mha.in_proj_weight.chunk(3, dim=0)
-        for proj, w in ((self.q_proj, w_q), (self.k_proj, w_k), (self.v_proj, w_v)):
-            proj.weight.copy_(w)
-        self.out_proj.weight.copy_(mha.out_proj.weight)
-        if mha.in_proj_bias is not None:
-            b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
-            for proj, b in ((self.q_proj, b_q), (self.k_proj, b_k), (self.v_proj, b_v)):
-                proj.bias.copy_(b)
-            self.out_proj.bias.copy_(mha.out_proj.bias)
-        return self
+
+@torch.no_grad()
+def load_mha_from_torch(ours: MultiHeadAttention, theirs) -> MultiHeadAttention:
+    """Copy the weights of an ``nn.MultiheadAttention`` of the same size into ``ours``:
+    its ``in_proj_weight`` holds the q, k, v projections stacked as rows [q; k; v]."""
+    for proj, w in zip((ours.q_proj, ours.k_proj, ours.v_proj), theirs.in_proj_weight.chunk(3)):
+        proj.weight.copy_(w)
+    ours.out_proj.weight.copy_(theirs.out_proj.weight)
+    if theirs.in_proj_bias is not None:
+        for proj, b in zip((ours.q_proj, ours.k_proj, ours.v_proj), theirs.in_proj_bias.chunk(3)):
+            proj.bias.copy_(b)
+        ours.out_proj.bias.copy_(theirs.out_proj.bias)
+    return ours
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, load_mha_from_torch
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None,
@@ -142,9 +142,9 @@ class DecoderLayer(nn.Module):
 def load_from_torch(layer: EncoderLayer | DecoderLayer,
                     torch_layer: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
     """Copy the weights of ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``."""
-    layer.self_attn.load_from_torch(torch_layer.self_attn)
+    load_mha_from_torch(layer.self_attn, torch_layer.self_attn)
     if isinstance(layer, DecoderLayer):
-        layer.cross_attn.load_from_torch(torch_layer.multihead_attn)
+        load_mha_from_torch(layer.cross_attn, torch_layer.multihead_attn)
     names = ["linear1", "linear2", "norm1", "norm2"] + (["norm3"] if hasattr(layer, "norm3") else [])
     for name in names:
         mine, theirs = getattr(layer, name), getattr(torch_layer, name)
