@@ -58,7 +58,7 @@ def batch(tmp_path_factory):
             c["source"] = "while True:\n    pass"
     save(subs / "infiniteloop" / f"{NB}.ipynb", nb)
     save(subs / "memorybomb" / f"{NB}.ipynb", with_cell(
-        "def bomb():\n    blocks = []\n    while True:\n        blocks.append(bytearray(10**8))\nbomb()"))
+        "def bomb():\n    blocks = []\n    while True:\n        blocks.append(bytearray(4 * 10**8))\nbomb()"))
     save(subs / "hugeoutput" / f"{NB}.ipynb", with_cell("for _ in range(2000):\n    print('x' * 10000)"))
     save(subs / "network" / f"{NB}.ipynb", with_cell(
         f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)"))
@@ -80,7 +80,7 @@ def batch(tmp_path_factory):
                            "def softmax(x, dim=-1):\n    return _h(x, dim)")
     save(subs / "shortcut" / f"{NB}.ipynb", nb)
     save(subs / "good" / f"{NB}.ipynb", solved())
-    proc, rows = grade(subs, tmp / "course", "--timeout", "4", "--memory", "2G", "--no-feedback",
+    proc, rows = grade(subs, tmp / "course", "--timeout", "8", "--memory", "2G", "--no-feedback",
                        "--csv", tmp / "grades.csv")
     server.close()
     assert proc.returncode == 0, proc.stderr[-3000:]

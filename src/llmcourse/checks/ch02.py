@@ -414,12 +414,12 @@ def _unheads_strided(x):
 
 
 def _mha(m, x_q, x_kv=None, mask=None, *, split=A.split_heads, merge=A.merge_heads,
-         scale=None, dim=-1, mask_how="before", kv_from_q=False, out_proj=True):
+         scale=None, dim=-1, mask_how="before", kv_from_q=False, out_proj=True, mask_dim=-3):
     """Multi-head attention with knobs, on the parameters of a reference module ``m``."""
     x_kv = x_q if (x_kv is None or kv_from_q) else x_kv
     q, k, v = (split(p(x), m.n_heads) for p, x in ((m.q_proj, x_q), (m.k_proj, x_kv),
                                                     (m.v_proj, x_kv)))
-    mask = None if mask is None else mask.unsqueeze(-3)
+    mask = None if mask is None else mask.unsqueeze(mask_dim)
     y = merge(_sdpa(q, k, v, mask, scale=scale, dim=dim, mask_how=mask_how))
     return m.out_proj(y) if out_proj else y
 
@@ -462,6 +462,9 @@ class MultiHeadAttentionExercise(ModuleExercise):
                 _wrong_mha(mask_how="after")),
         Mistake("mask ignored", "pass the mask to every head (mask.unsqueeze(-3) adds the heads "
                 "axis).", _wrong_mha(mask_how="ignored")),
+        Mistake("heads axis added to the mask at dim 1", "a (T_q, T_k) mask becomes (T_q, 1, T_k) "
+                "with unsqueeze(1); add the heads axis just before the last two: mask.unsqueeze(-3).",
+                _wrong_mha(mask_dim=1)),
         Mistake("no output projection", "concatenate the heads and apply out_proj.",
                 _wrong_mha(out_proj=False)),
         Mistake("keys and values taken from the query input", "in cross-attention k and v come "
@@ -591,6 +594,15 @@ def _rope_ignores_positions(x, positions=None, base=10000.0):
     return _rope_with(x, None, base)
 
 
+def _rope_float32_angles(x, positions=None, base=10000.0):
+    T, d = x.shape[-2:]
+    pos = torch.arange(T) if positions is None else positions
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=F32) / d))  # as Hugging Face does
+    angles = torch.cat([pos.float()[:, None] * inv_freq] * 2, dim=-1)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    return x * cos + torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1) * sin
+
+
 @register
 class Rope(Exercise):
     id = "02.rope"
@@ -610,6 +622,8 @@ class Rope(Exercise):
                 _rope_exponent),
         Mistake("positions ignored", "rotate by the given `positions`, using 0..T-1 only when "
                 "positions is None.", _rope_ignores_positions),
+        Mistake("angles computed in float32", "for a float64 input compute the angles in float64 "
+                "(x.dtype): float32 angles are off by ~1e-6.", _rope_float32_angles),
     )
 
     def reference(self, x, positions=None, base=10000.0):
@@ -815,7 +829,11 @@ def _wrong_encoder(pre_ln=False, attn_residual=True, ffn_residual=True, norm_ins
 
 def _layer_case(ex, g, label, B, T, d=16, h=2, d_ff=32, S=None, dtype=F32, **forward):
     args = (_randn(g, B, T, d, dtype=dtype),) + (() if S is None else (_randn(g, B, S, d, dtype=dtype),))
-    return ex.case(g, label, {"d_model": d, "n_heads": h, "d_ff": d_ff}, args, dtype, **forward)
+    # float32: outputs are O(1) after two or three LayerNorms; correct implementations that
+    # order the operations differently agree to ~4e-6, so atol=1e-5 (float64: the default).
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == F32 else {}
+    return ex.case(g, label, {"d_model": d, "n_heads": h, "d_ff": d_ff}, args, dtype, **tol,
+                   **forward)
 
 
 @register

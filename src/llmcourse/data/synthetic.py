@@ -9,29 +9,33 @@ the choices uniquely, so the probability of a document is the product of its cho
 probabilities: **exact**, not estimated. The entropy rate of the language, the best
 cross-entropy any model can reach on it, follows (:func:`entropy_floor`).
 
-The grammar (``|`` separates options, probabilities in brackets, ``W*`` a Zipf-weighted
-word from list W, ``?`` an optional part; one document per line, each ending in "\\n")::
+The grammar. ``|`` separates options, ``[p]`` is a probability, ``W*`` a word from list W
+(Zipf weights 1, 1/2, 1/3, ...), ``X?`` an optional part, ``X (X [p])...`` a repetition
+that goes on with probability p up to a cap. One document per line, ending in "\\n"::
 
-    document := "Once upon a time, there was a" story     [0.5]
-              | "Math:" math                              [0.2]
-              | "Review:" review                          [0.3]
-    story    := adjective{0,2} animal* "named" NAME* "." event{1,5} "The end."
-                (another event follows with probability 0.6)
-    event    := opener* (NAME | he/she) (                    NAME/he/she: [0.6/0.4]
-                  "found a" color*? object* "." ("He wanted to" verb* "the" OBJECT ".")?
-                | "met a" adjective{0,2} animal* "named" OTHER_NAME* "."
-                      ("They played in the" place* "." | "They became friends.")?
-                | "went to the" place* "." ("He saw a" adjective{0,2} animal* "there.")?
-                | "felt" feeling* ("." | "because it was a" weather* "day."))
-    math     := problem{1,4}; problem := A op B "=" RESULT "."
-                A uniform in 0..99; op + [0.4] | - [0.3] | * [0.3];
-                B uniform in 0..99 (+), 0..A (-), 0..9 (*)
-    review   := sentence{1,3} "Rating:" STARS ("star" | "stars") "."
-    sentence := clause "." [0.5] | clause ", and the" clause "." [0.25]
-              | clause ", but the" clause "." [0.25]
-    clause   := ("The" |) aspect* "was" "not"? [0.25] intensifier*? [0.3] sentiment*
+    document := "Once upon a time, there was a" story                       [0.5]
+              | "Math:" math                                                [0.2]
+              | "Review:" review                                            [0.3]
+    story    := beast "named" NAME* "." event (event [0.6])... (at most 5) "The end."
+    beast    := adjective*? [0.4] (a second adjective*? [0.4]) animal*
+    event    := opener* (NAME [0.6] | he/she [0.4])
+                ( "found a" color*? [0.5] object* "."
+                      ("He wanted to" verb* "the" OBJECT ".")? [0.5]         [0.3]
+                | "met a" beast "named" OTHER_NAME* "."
+                      ("They played in the" place* "." [0.3]
+                       | "They became friends." [0.3])?                     [0.3]
+                | "went to the" place* "." ("He saw a" beast "there.")? [0.5] [0.2]
+                | "felt" feeling* ("because it was a" weather* "day")? [0.5] "." [0.2] )
+    math     := problem (problem [0.5])... (at most 4)
+    problem  := A op B "=" RESULT "."   A uniform in 0..99, op: "+" [0.4] | "-" [0.3]
+                | "*" [0.3], B uniform in 0..99 (+), 0..A (-), 0..9 (*)
+    review   := sentence (sentence [0.5])... (at most 3) "Rating:" STARS ("star"|"stars") "."
+    sentence := "The" clause ("." [0.5] | ", and the" clause "." [0.25]
+                              | ", but the" clause "." [0.25])
+    clause   := aspect* "was" "not"? [0.25] intensifier*? [0.3] sentiment*
+                (the four sentiment groups below equally likely, Zipf within a group)
 
-Capitalised pieces are not random: the hero's name and pronoun are reused, OBJECT is the
+Capitalised pieces are not random: NAME and He/he are the hero's, OBJECT is the
 object found, RESULT is the true result, STARS = clamp(3 + score, 1, 5), where the score
 is compositional: a sentiment word is worth +1 (good, nice, ...), +2 (great, ...), -1 (bad,
 ...) or -2 (awful, ...); an intensifier adds 1 to its size; "not" turns any clause into
@@ -58,7 +62,6 @@ from typing import Iterator
 END = "\n"  # ends every document
 _ATTACH = frozenset({".", ",", ":", END})  # written without a space before them
 _TOKEN = re.compile(r"\n|[A-Za-z]+|[0-9]+|[.,:+\-*=]")
-STORY, MATH, REVIEW = 0, 1, 2
 DOMAINS = ("story", "math", "review")
 
 

@@ -27,12 +27,18 @@ def check_notebook(path: Path, timeout: int = 120) -> bool:
     verdict = nbformat.v4.new_code_cell(
         "from llmcourse import check_all as _ca\n"
         f"_r = _ca()\nprint('{MARK}', all(bool(v) for v in _r.values()) and len(_r) > 0)")
-    with client.setup_kernel():
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type == "code":
-                client.execute_cell(cell, index)
-        nb.cells.append(verdict)
-        client.execute_cell(verdict, len(nb.cells) - 1)
+    from nbclient.exceptions import DeadKernelError
+
+    try:
+        with client.setup_kernel():
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type == "code":
+                    client.execute_cell(cell, index)
+            nb.cells.append(verdict)
+            client.execute_cell(verdict, len(nb.cells) - 1)
+    except DeadKernelError:
+        print(f"the kernel died while running cell {index} (out of memory?)")
+        return False
     errors = [(i, o) for i, c in enumerate(nb.cells[:-1]) if c.cell_type == "code"
               for o in c.outputs if o.get("output_type") == "error"]
     for i, o in errors:
