@@ -125,6 +125,8 @@ def _grade_assignment(assignment, subs, index, root, options, seed, vdir, log) -
                     if src is sources[0] else []))
                 if nb is None:
                     row.problems.append(f"{src.name}.ipynb missing: scored 0")
+                else:
+                    row.problems += _run_problems(options, sub.student, assignment, src.name)
                 rules = entries_and_rules(expected) if maker else {}
                 for gc in src.grade_cells.values():
                     row.cells.append(_settle(gb, MissingEntry, gc, src, sub, nb, verdicts, rules))
@@ -167,6 +169,36 @@ def _settle(gb, MissingEntry, gc, src, sub, nb, verdicts, rules) -> CellScore:
     if not reasons and auto < gc.points:
         reasons.append("the test cell failed in the notebook (see the feedback)")
     return CellScore(gc.grade_id, 0.0 if reasons else auto, gc.points, "; ".join(reasons))
+
+
+RUN_PROBLEMS = {
+    "CellTimeoutError": "a cell ran past the {t} s per-cell limit and was interrupted",
+    "NotebookTimeout": "the notebook used up its {n} s limit; later cells were skipped",
+    "MemoryError": "a cell hit the {m} memory limit",
+    "DeadKernelError": "the kernel died (crash or os._exit)",
+}
+
+
+def _run_problems(options, student, assignment, name) -> list[str]:
+    """One line for each limit the notebook ran into, read from the autograded copy."""
+    path = options.course_dir / "autograded" / student / assignment / f"{name}.ipynb"
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return [f"{name}: no autograded notebook was written (see nbgrader's log)"]
+    found = []
+    for i, cell in enumerate(cells):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "")
+            kind = out.get("ename") if out.get("output_type") == "error" else (
+                "truncated" if "output truncated by the grader" in "".join(text) else None)
+            if kind in RUN_PROBLEMS:
+                msg = RUN_PROBLEMS[kind].format(t=options.cell_timeout, n=options.notebook_timeout,
+                                                m=options.memory)
+                found.append(f"{name}: cell {i}: {msg}")
+            elif kind == "truncated":
+                found.append(f"{name}: cell {i}: output over the grader's limit was truncated")
+    return list(dict.fromkeys(found))[:10]
 
 
 def _comment(gb, MissingEntry, gc, src, sub, reasons) -> None:
