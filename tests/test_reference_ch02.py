@@ -17,6 +17,10 @@ from llmcourse.reference import attention as A
 from llmcourse.reference import gpt as G
 from llmcourse.reference import transformer as TR
 
+# The tensors here are tiny: with two pytest-xdist workers on two cores, one intra-op thread
+# per process is ~10x faster than two threads each spinning for the other's core.
+torch.set_num_threads(1)
+
 F64 = torch.float64
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
 
