@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("release", help="regenerate chapters/ from solutions/ (nbgrader)")
     r.add_argument("--to", type=Path, help="write the student notebooks here instead of chapters/")
+    r.add_argument("--chapter", action="append", metavar="NN-name",
+                   help="release only this chapter (repeatable; default: all)")
     return p
 
 
@@ -164,7 +166,7 @@ def _release(args) -> int:
     from .grading.release import release
 
     try:
-        release(_root(), args.to)
+        release(_root(), args.to, only=args.chapter)
     except CourseError as exc:
         raise Failure(str(exc)) from None
     return 0

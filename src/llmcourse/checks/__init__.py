@@ -18,12 +18,20 @@ from .forbidden import violations_for
 __all__ = ["check", "check_all", "CheckFailed", "Result", "get", "all_exercises",
            "Exercise", "Case", "Mistake", "Rule"]
 
-# chapter prefix -> module holding that chapter's exercise specs
-CHAPTERS = {
-    "00": "llmcourse.checks.ch00",
-    "02": "llmcourse.checks.ch02",
-    "01": "llmcourse.checks.ch01",
-}
+
+
+def _discover() -> dict[str, str]:
+    """chapter prefix -> module holding that chapter's specs: every ``chNN.py`` here."""
+    import pkgutil
+
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if len(info.name) == 4 and info.name.startswith("ch") and info.name[2:].isdigit():
+            found[info.name[2:]] = f"{__name__}.{info.name}"
+    return dict(sorted(found.items()))
+
+
+CHAPTERS = _discover()
 
 _REGISTRY: dict[str, Exercise] = {}
 

@@ -56,7 +56,8 @@ def finalize(path: Path, url: str) -> None:
     write_notebook(path, nb)
 
 
-def release(root: Path, out_dir: Path | None = None, log=print) -> list[str]:
+def release(root: Path, out_dir: Path | None = None, log=print,
+            only: list[str] | None = None) -> list[str]:
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
@@ -66,9 +67,15 @@ def release(root: Path, out_dir: Path | None = None, log=print) -> list[str]:
     if not names:
         raise CourseError(f"no chapter folders (NN-name) in {root / 'solutions'}")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():
-        if stale.is_dir() and stale.name not in names:
-            shutil.rmtree(stale)
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise CourseError(f"no chapter {unknown[0]!r} in solutions/ (have: {', '.join(names)})")
+        names = [n for n in names if n in only]
+    else:
+        for stale in out.iterdir():
+            if stale.is_dir() and stale.name not in names:
+                shutil.rmtree(stale)
     with tempfile.TemporaryDirectory(prefix="llmc-release-") as tmp:
         cfg = nbgrader_config(root, course_dir=Path(tmp), release_dir=out)
         api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
