@@ -44,7 +44,7 @@ grade: venv
 	$(BIN)/llmcourse grade $(if $(SUBMISSIONS),$(SUBMISSIONS),autograder/submitted)
 
 bench: venv
-	$(BIN)/python tests/bench.py
+	$(BIN)/python tests/bench.py $(ARGS)
 
 clean:
 	rm -rf _build

@@ -129,13 +129,14 @@ def train_lm(model: nn.Module, tokens: torch.Tensor, cfg: TrainConfig,
     optimizer = optimizer or make_optimizer(model, cfg)
     history = history or History()
     stop = cfg.steps if stop_step is None else min(stop_step, cfg.steps)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_step)
+    gen = torch.Generator()
     model.train()
     t0 = time.perf_counter()
     for step in range(start_step, stop):
         lr = cosine_lr(step, cfg.max_lr, cfg.warmup_steps, cfg.steps, cfg.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        gen.manual_seed(cfg.seed * 1_000_003 + step)  # batch depends on the step alone
         x, y = get_batch(tokens, cfg.batch_size, cfg.block_size, gen)
         loss = loss_fn(model, x, y) if loss_fn is not None else lm_loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
