@@ -22,7 +22,11 @@ def test_aliases_and_methods():
 def test_helpers_imports_and_tricks():
     assert names("import torch\ndef h(x):\n    return torch.nn.functional.softmax(x, 0)\n"
                  "def f(x):\n    return h(x) * 2")
-    assert names("from llmcourse.reference import softmax\ndef f(x):\n    return x")
+    # a lab cell may import the reference; the import counts once the answer can use it
+    assert not names("from llmcourse.reference import softmax\ndef f(x):\n    return x")
+    assert names("from llmcourse.reference import softmax\ndef f(x):\n    return softmax(x)")
+    assert names("from llmcourse.reference import softmax as f")
+    assert names("from llmcourse.reference import *\ndef f(x):\n    return x")
     assert names("import torch\ndef f(x):\n    return getattr(torch.nn.functional, 'softmax')(x)")
     assert names("import importlib\ndef f(x):\n    m = importlib.import_module('llmcourse.reference')\n"
                  "    return m.softmax(x)")

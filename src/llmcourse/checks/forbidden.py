@@ -176,12 +176,18 @@ def violations_for(entry: str, rules: tuple[Rule, ...], cells: list[tuple[str, s
         for n in ast.walk(node):
             if isinstance(n, ast.Name) and n.id in defs and n.id not in done:
                 todo.append(n.id)
-    # imports of forbidden modules anywhere also count (e.g. `from llmcourse.reference import *`)
+    # An import elsewhere in the notebook counts when it can stand in for the answer: a
+    # star import, or one that binds the entry itself or a name the answer uses. Lab cells
+    # may import the reference (later chapters build on earlier ones' references).
+    used = {entry} | {n.id for name in done for n in ast.walk(defs[name][0])
+                      if isinstance(n, ast.Name)}
     for label, tree in trees:
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                found += [v for v in find_violations(node, rules, aliases, label)
-                          if not v.rule.target.startswith(".")]
+                bound = {(a.asname or a.name).split(".")[0] for a in node.names}
+                if "*" in bound or bound & used:
+                    found += [v for v in find_violations(node, rules, aliases, label)
+                              if not v.rule.target.startswith(".")]
     seen, unique = set(), []
     for v in found:
         key = (v.rule.target, v.name, v.where, v.line)
