@@ -57,7 +57,7 @@ def build(path: str | Path = PATH, steps: int | None = None, log=print) -> dict:
             "train_chars": TRAIN_CHARS, "train_seed": TRAIN_SEED, "valid_seed": VALID_SEED,
             "final_train_loss": sum(hist.loss[-50:]) / len(hist.loss[-50:]),
             "valid_loss": val, "train_seconds": round(hist.seconds, 1),
-            "torch": torch.__version__}
+            "torch": str(torch.__version__)}
     state = {k: v.half() for k, v in model.state_dict().items()}
     torch.save({"config": TINY_GPT.__dict__, "state": state, "info": info}, path)
     log(f"saved {path} ({Path(path).stat().st_size / 1e6:.1f} MB): {info}")
