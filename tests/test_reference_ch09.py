@@ -185,7 +185,7 @@ def test_sleep_workload_blocking_has_its_scheduled_duration():
     with TM.SleepWorkload([30, 10], "blocking", device="cpu") as work:
         r = TM.time_fn(work, warmup=1, repeats=4, sync=work.sync)
         assert work.calls == 5
-    assert 9.9 <= r["median_ms"] < 16 and len(r["times_ms"]) == 4
+    assert 9.9 <= r["median_ms"] < 29 and len(r["times_ms"]) == 4
 
 
 def test_fake_stream_needs_sync():
@@ -193,8 +193,8 @@ def test_fake_stream_needs_sync():
     with TM.SleepWorkload([10], "async", device="cpu") as work:
         honest = TM.time_fn(work, warmup=1, repeats=3, sync=work.sync)
         naive = TM.naive_time_fn(work, repeats=3)
-    assert 9.9 <= honest["median_ms"] < 16
-    assert naive["median_ms"] < 2
+    assert 9.9 <= honest["median_ms"] < 29
+    assert naive["median_ms"] < 5  # the launch alone; generous for a loaded CI machine
 
 
 @needs_gpu
