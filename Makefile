@@ -7,7 +7,7 @@ TORCH  := 2.13.0
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv vendor book test release lab grade bench check clean
+.PHONY: venv vendor book test test-all release lab grade bench check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ book: vendor
 
 test: vendor
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# The same, with every cataloged mistake graded end to end through nbgrader (slower).
+test-all: vendor
+	LLMCOURSE_E2E_PACKS=0 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 release: venv
 	$(BIN)/llmcourse release
