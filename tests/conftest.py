@@ -73,3 +73,31 @@ def filled_student_notebook(chapter: str, name: str) -> dict:
 @pytest.fixture
 def course_dir(tmp_path) -> Path:
     return tmp_path / "course"
+
+
+_learner_modules = __import__("itertools").count()
+
+
+@pytest.fixture
+def learner(tmp_path):
+    """``learner(source, name=None)``: a learner's code as an importable module, so that the
+    forbidden-shortcut inspector reads exactly that code (as it reads a notebook's cells)."""
+    import importlib.util
+    import textwrap
+
+    loaded = []
+
+    def load(source: str, name: str | None = None):
+        module_name = f"{name or 'learner'}_{next(_learner_modules)}"
+        path = tmp_path / f"{module_name}.py"
+        path.write_text(textwrap.dedent(source))
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        loaded.append(module_name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for module_name in loaded:
+        sys.modules.pop(module_name, None)

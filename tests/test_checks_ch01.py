@@ -1,9 +1,6 @@
 """Chapter 01 exercise specs: every catalogued mistake is named, and a learner's plain-Python
 answers (lists, tuples, str) are judged like the reference's."""
 
-import importlib.util
-import sys
-import textwrap
 
 import pytest
 
@@ -77,22 +74,6 @@ def bpe_decode(ids, merges):
         vocab[256 + r] = vocab[a] + vocab[b]
     return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
 '''
-
-
-@pytest.fixture
-def learner(tmp_path):
-    """The learner's code as an importable module (so the forbidden-code inspector reads it)."""
-    def load(source, name="learner_ch01"):
-        path = tmp_path / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    yield load
-    sys.modules.pop("learner_ch01", None)
-    sys.modules.pop("cheater_ch01", None)
 
 
 def test_chapter_registers_its_exercises():

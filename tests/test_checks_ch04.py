@@ -2,9 +2,6 @@
 named; answers written differently from the reference (loops, other formulas) pass; the
 forbidden shortcuts are caught; randomised exercises are exact given the generator."""
 
-import importlib.util
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -142,21 +139,6 @@ def eval_windows(tokens, block_size):
     y = tokens[1:n * block_size + 1].view(n, block_size)
     return x, y
 '''
-
-
-@pytest.fixture
-def learner(tmp_path):
-    def load(source, name="learner_ch04"):
-        path = tmp_path / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    yield load
-    sys.modules.pop("learner_ch04", None)
-    sys.modules.pop("cheater_ch04", None)
 
 
 def test_chapter_registers_its_exercises():

@@ -5,10 +5,6 @@ the task's parameters gets one clear line, and forbidden shortcuts are caught.""
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -142,30 +138,6 @@ class LoRALinear(nn.Module):
         lin.bias.data = self.bias.clone()
         return lin
 '''
-
-_counter = itertools.count()
-
-
-@pytest.fixture
-def learner(tmp_path):
-    """Turn source code into an importable module, so the inspector can read its source."""
-    names = []
-
-    def load(source: str):
-        name = f"learner_ch05_{next(_counter)}"
-        path = tmp_path / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        names.append(name)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for name in names:
-        sys.modules.pop(name, None)
-
 
 def test_chapter_registers_its_exercises():
     assert [e.id for e in all_exercises("05")] == IDS

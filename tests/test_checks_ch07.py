@@ -1,9 +1,6 @@
 """Chapter 07 exercise specs: a learner's own (different but right) answers pass, cheating
 with the measurement is forbidden, and the simulated ranks behave like real ones."""
 
-import importlib.util
-import sys
-import textwrap
 import time
 
 import pytest
@@ -100,21 +97,6 @@ def magnitude_prune(w, sparsity):
     threshold = w.abs().flatten().kthvalue(k).values
     return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
 '''
-
-
-@pytest.fixture
-def learner(tmp_path):
-    def load(source, name="learner_ch07"):
-        path = tmp_path / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    yield load
-    for name in ("learner_ch07", "cheater_ch07"):
-        sys.modules.pop(name, None)
 
 
 def test_chapter_registers_its_exercises():

@@ -3,9 +3,6 @@
 Each learner answer is written to its own module file, as a notebook cell would hold it, so
 that the forbidden-shortcut scan reads only that answer."""
 
-import importlib.util
-import sys
-import textwrap
 
 import pytest
 
@@ -13,16 +10,9 @@ from llmcourse.checks import get, run
 
 
 @pytest.fixture
-def learner(tmp_path):
-    def load(source, name):
-        path = tmp_path / f"learner_ch09_{name}.py"
-        path.write_text(textwrap.dedent(source))
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-        return getattr(module, name)
-    return load
+def learner(learner):
+    """Here ``learner(source, name)`` returns the function ``name`` defined by the source."""
+    return lambda source, name: getattr(learner(source, f"learner_ch09_{name}"), name)
 
 
 def test_timer_with_statistics_module_passes(learner):
