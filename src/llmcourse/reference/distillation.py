@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpt import GPT
+from .gpt import GPT, hidden_states
+from .scaling import count_parameters as count_params  # noqa: F401  (a tied weight counts once)
 
 
 def softmax_with_temperature(logits: torch.Tensor, T: float = 1.0, dim: int = -1) -> torch.Tensor:
@@ -101,11 +102,7 @@ def high_temperature_grad(student_logits: torch.Tensor, teacher_logits: torch.Te
 def gpt_hidden(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(B, T, V)`` and the last hidden state ``(B, T, C)`` (after ``ln_f``, what the
     tied output layer reads; Hugging Face's ``hidden_states[-1]`` for GPT-2)."""
-    tr = model.transformer
-    x = tr.wte(idx) + tr.wpe(torch.arange(idx.shape[-1], device=idx.device))
-    for block in tr.h:
-        x, _ = block(x)
-    h = tr.ln_f(x)
+    h = hidden_states(model, idx)
     return model.lm_head(h), h
 
 
@@ -138,11 +135,6 @@ def distill_loss_fn(teacher: GPT, T: float = 2.0, alpha: float = 0.5, beta: floa
         return distillation_loss(model(x), t_logits, y, T, alpha)
 
     return loss_fn
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of distinct parameters (a tied weight counts once)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.synthetic import documents, domain_of
+from .gpt import hidden_states as gpt_hidden_states  # (B, T) -> (B, T, C), after ln_f
 
 PAD_ID = 0  # byte 0 never occurs in the course's text
 NEGATIVE, POSITIVE = 0, 1
@@ -101,15 +102,6 @@ class ClassificationHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.score(last_token_pool(hidden, attention_mask))
-
-
-def gpt_hidden_states(gpt: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """The final hidden states (after ``ln_f``) of the course's GPT: (B, T) -> (B, T, C)."""
-    tr = gpt.transformer
-    x = tr.wte(idx) + tr.wpe(torch.arange(idx.shape[-1], device=idx.device))
-    for block in tr.h:
-        x, _ = block(x)
-    return tr.ln_f(x)
 
 
 class GPTClassifier(nn.Module):

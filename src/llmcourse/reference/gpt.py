@@ -149,6 +149,16 @@ class GPT(nn.Module):
         return idx
 
 
+def hidden_states(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """The final hidden states (after ``ln_f``, what the tied output layer reads; Hugging
+    Face's ``hidden_states[-1]`` for GPT-2) of the course's GPT: (B, T) -> (B, T, C)."""
+    tr = model.transformer
+    x = tr.wte(idx) + tr.wpe(torch.arange(idx.shape[-1], device=idx.device))
+    for block in tr.h:
+        x, _ = block(x)
+    return tr.ln_f(x)
+
+
 # ---------------------------------------------------------------------------------------
 # Hugging Face GPT-2 -> this GPT
 

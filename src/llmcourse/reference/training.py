@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pretraining import eval_windows
+
 VOCAB_SIZE = 256  # one token per byte
 
 
@@ -69,21 +71,18 @@ def evaluate_lm(model: nn.Module, tokens: torch.Tensor, block_size: int, batch_s
     held-out stream: deterministic, every token scored once (up to ``max_windows``)."""
     was_training = model.training
     model.eval()
-    n = (len(tokens) - 1) // block_size
+    x, y = eval_windows(tokens, block_size)
     if max_windows is not None:
-        n = min(n, max_windows)
-    if n == 0:
+        x, y = x[:max_windows], y[:max_windows]
+    if len(x) == 0:
         raise ValueError("the stream is shorter than one window")
-    starts = torch.arange(n) * block_size
-    offsets = torch.arange(block_size + 1)
     total = 0.0
-    for i in range(0, n, batch_size):
-        w = tokens[starts[i:i + batch_size, None] + offsets]
-        logits = model(w[:, :-1])
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i:i + batch_size].reshape(-1),
                                  reduction="sum").item()
     model.train(was_training)
-    return total / (n * block_size)
+    return total / y.numel()
 
 
 @dataclass
