@@ -91,10 +91,6 @@ class TimerExercise(Exercise):
                     iqr, TM.quantile(times, 0.75) - TM.quantile(times, 0.25))}
 
 
-def _sync_or_default(sync):
-    return TM.default_sync() if sync is None else sync
-
-
 def _timer_no_warmup(fn, warmup=3, repeats=10, sync=None):
     return TM.time_fn(fn, 0, repeats, sync)
 
@@ -108,17 +104,9 @@ def _timer_no_sync(fn, warmup=3, repeats=10, sync=None):
 
 
 def _timer_stat(fn, warmup, repeats, sync, stat, spread=None, scale=1e3):
-    sync = _sync_or_default(sync)
-    import time
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * scale)
+    """The reference timer's measurements, summarised wrongly (``stat``/``spread``) or in the
+    wrong unit (``scale`` per second instead of 1e3)."""
+    times = [t * scale / 1e3 for t in TM.time_fn(fn, warmup, repeats, sync)["times_ms"]]
     iqr = TM.quantile(times, 0.75) - TM.quantile(times, 0.25)
     return {"median_ms": stat(times), "iqr_ms": spread(times) if spread else iqr,
             "times_ms": times}
