@@ -30,10 +30,10 @@ from ..reference import gpt as G
 from ..reference import transformer as TR
 from . import register
 from .core import Case, Exercise, Mistake, Rule
+from .kit import PARAM, ModuleExercise, SpecError, load_params, random_params, randn as _randn
 
 F32, F64 = torch.float32, torch.float64
 INF = float("inf")
-PARAM = "param."
 
 NO_COURSE_ANSWERS = (
     Rule("llmcourse.reference", "write it yourself instead of calling the course's reference"),
@@ -54,10 +54,6 @@ NO_BUILTIN_LAYERS = NO_BUILTIN_ATTENTION + tuple(
 # ---------------------------------------------------------------------------------------
 # Random inputs
 
-def _randn(g, *shape, dtype=F32, scale=1.0) -> torch.Tensor:
-    return (torch.randn(*shape, generator=g, dtype=F64) * scale).to(dtype)
-
-
 def _lengths(g, batch: int, T: int) -> torch.Tensor:
     """Sequence lengths in [1, T], the first one T (one full sequence, the others padded)."""
     out = torch.randint(1, T + 1, (batch,), generator=g)
@@ -70,99 +66,6 @@ def _random_mask(g, *shape) -> torch.Tensor:
     m = torch.rand(*shape, generator=g) < 0.5
     keep = torch.randint(0, shape[-1], shape[:-1], generator=g)
     return m | F.one_hot(keep, shape[-1]).bool()
-
-
-# ---------------------------------------------------------------------------------------
-# Exercises whose answer is an nn.Module
-
-class SpecError(Exception):
-    """The learner's module does not have the parameters the task asks for."""
-
-
-def load_params(module: nn.Module, params: dict, optional: tuple, entry: str) -> None:
-    have = dict(module.named_parameters(remove_duplicate=False))
-    missing = [n for n in params if n not in have and n not in optional]
-    if missing:
-        yours = ", ".join(list(have)[:6]) + (", ..." if len(have) > 6 else "") or "none"
-        raise SpecError(f"your {entry} has no parameter `{missing[0]}` ({len(missing)} of the "
-                        f"task's parameters are missing; yours: {yours}). Name the layers as the "
-                        "task says.")
-    extra = [n for n in have if n not in params]
-    if extra:
-        raise SpecError(f"your {entry} has a parameter the task does not define: `{extra[0]}` "
-                        "(the check cannot set it; remove it or make it a buffer)")
-    with torch.no_grad():
-        for name, value in params.items():
-            if name in have:
-                if have[name].shape != value.shape:
-                    raise SpecError(f"parameter `{name}` of your {entry} has shape "
-                                    f"{tuple(have[name].shape)}, the task says {tuple(value.shape)}")
-                have[name].copy_(value)
-
-
-def random_params(module: nn.Module, g, dtype) -> dict:
-    """``{"param.<name>": tensor}`` for every parameter of ``module`` (tied ones share a value):
-    matrices ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2), LayerNorm weights near 1."""
-    norms = {n for n, m in module.named_modules() if isinstance(m, (TR.LayerNorm, nn.LayerNorm))}
-    out, seen = {}, {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            out[PARAM + name] = out[seen[id(p)]]
-            continue
-        owner, _, leaf = name.rpartition(".")
-        if owner in norms:
-            value = _randn(g, *p.shape, dtype=dtype, scale=0.2) + (1.0 if leaf == "weight" else 0.0)
-        elif p.dim() == 1:
-            value = _randn(g, *p.shape, dtype=dtype, scale=0.1)
-        else:
-            value = _randn(g, *p.shape, dtype=dtype, scale=p.shape[-1] ** -0.5)
-        seen[id(p)] = PARAM + name
-        out[PARAM + name] = value
-    return out
-
-
-class ModuleExercise(Exercise):
-    """An exercise whose answer is an ``nn.Module`` class (see the module docstring).
-
-    ``reference`` is the reference class; ``init`` names the constructor's arguments;
-    :meth:`case` makes a case with random weights for every parameter of the reference.
-    """
-
-    init: tuple[str, ...] = ()  # constructor arguments, passed in this order (positionally)
-    optional: tuple[str, ...] = ()  # parameters a learner may do without (a tied lm_head)
-
-    def build(self, cls, init: dict) -> nn.Module:
-        return cls(*(init[k] for k in self.init))
-
-    def case(self, g, label: str, init: dict, args: tuple, dtype=F32, rtol=None, atol=None,
-             **forward) -> Case:
-        with torch.device("meta"):
-            shapes = self.build(self.reference, init)
-        params = random_params(shapes, g, dtype)
-        return Case(label, args, {**init, **params, **forward}, rtol, atol)
-
-    def call(self, fn, case: Case):
-        kw = dict(case.kwargs)
-        init = {k: kw.pop(k) for k in self.init}
-        params = {k[len(PARAM):]: kw.pop(k) for k in list(kw) if k.startswith(PARAM)}
-        with torch.random.fork_rng(devices=[]):  # the learner's init must not move their seed
-            module = self.build(fn, init)
-        if not isinstance(module, nn.Module):
-            raise SpecError(f"{self.entry}(...) should build a torch.nn.Module, got "
-                            f"{type(module).__name__}")
-        module = module.to(next(iter(params.values())).dtype).eval()
-        with torch.no_grad():
-            try:
-                load_params(module, params, self.optional, self.entry)
-            except SpecError:
-                try:  # a stub whose forward is still `raise NotImplementedError`: say so instead
-                    module(*case.args, **kw)
-                except NotImplementedError:
-                    raise
-                except Exception:
-                    pass
-                raise
-            return module(*case.args, **kw)
 
 
 # ---------------------------------------------------------------------------------------

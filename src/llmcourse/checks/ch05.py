@@ -17,7 +17,7 @@ from torch import nn
 from ..reference import finetuning as FT
 from ..reference import lora as L
 from . import register
-from .ch02 import PARAM, ModuleExercise, SpecError, load_params
+from .kit import PARAM, ModuleExercise, SpecError, load_params
 from .core import Case, Exercise, Mistake, Rule
 
 F32, F64 = torch.float32, torch.float64

@@ -72,6 +72,9 @@ class Exercise:
     forbid: tuple[Rule, ...] = ()
     mistakes: tuple[Mistake, ...] = ()
     public_seed: int = 0
+    # Reference modules a notebook may import (e.g. ("training", "gpt") where it trains with
+    # the course's trainer); every other part of ``llmcourse.reference`` stays off limits.
+    allow_reference: tuple[str, ...] = ()
 
     def reference(self, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -89,7 +92,13 @@ class Exercise:
     @property
     def rules(self) -> tuple[Rule, ...]:
         """This exercise's forbidden shortcuts plus the global ones."""
-        return tuple(dict.fromkeys(self.forbid + GLOBAL_RULES))
+        rules = GLOBAL_RULES
+        if self.allow_reference:
+            why = (f"{r.why} (only its {' and '.join(self.allow_reference)} modules are "
+                   "allowed here)")
+            rules = tuple(Rule(r.target, why, tuple(self.allow_reference))
+                          if r.target == "llmcourse.reference" else r for r in rules)
+        return tuple(dict.fromkeys(self.forbid + rules))
 
 
 # ---------------------------------------------------------------------------------------
