@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmcourse.checks import all_exercises, get, run
+from llmcourse.checks.runner import PUBLIC_SEED
 
 IDS = ["04.adamw", "04.causal_lm_loss", "04.clip_grad_norm", "04.cosine_lr", "04.electra_loss",
        "04.electra_replace", "04.eval_windows", "04.get_batch", "04.mask_tokens", "04.nsp_pairs",
@@ -159,7 +160,7 @@ def test_every_mistake_fails_on_public_cases_and_is_named(exercise_id):
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_hidden_cases_differ_from_public(exercise_id):
     ex = get(exercise_id)
-    public = {c.label for c in ex.cases(ex.public_seed, False)}
+    public = {c.label for c in ex.cases(PUBLIC_SEED, False)}
     hidden = {c.label for c in ex.cases(1234, True)} - public
     assert len(hidden) >= 3
 

@@ -79,9 +79,9 @@ def _softmax_last_axis(x, dim=-1):
 
 @register
 class Softmax(Exercise):
+    """Numerically stable softmax."""
     id = "00.softmax"
     entry = "softmax"
-    title = "Numerically stable softmax"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX
     mistakes = (
         Mistake("no max subtraction", "exp(1000) overflows to inf and inf/inf is nan; "
@@ -123,9 +123,9 @@ def _log_softmax_last_axis(x, dim=-1):
 
 @register
 class LogSoftmax(Exercise):
+    """Numerically stable log-softmax."""
     id = "00.log_softmax"
     entry = "log_softmax"
-    title = "Numerically stable log-softmax"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX
     mistakes = (
         Mistake("log of softmax", "log(softmax(x)) gives -inf once a probability underflows to 0; "
@@ -167,9 +167,9 @@ def _ce_columns(logits, targets):
 
 @register
 class CrossEntropy(Exercise):
+    """Cross-entropy from logits."""
     id = "00.cross_entropy"
     entry = "cross_entropy"
-    title = "Cross-entropy from logits"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX + (
         Rule(".cross_entropy", "compute it from your own log_softmax instead of F.cross_entropy"),
         Rule(".nll_loss", "pick the target log-probabilities yourself instead of F.nll_loss"),

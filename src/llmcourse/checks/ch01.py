@@ -54,9 +54,9 @@ def _counts_wrap(tokens, n, vocab_size):
 
 @register
 class NgramCounts(Exercise):
+    """Counting n-grams into a (V,) * n table."""
     id = "01.ngram_counts"
     entry = "ngram_counts"
-    title = "Counting n-grams into a (V,) * n table"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("misses the last n-gram", "a sequence of T tokens has T - n + 1 n-grams; the "
@@ -140,9 +140,9 @@ def _add_k_float32(counts, k=1.0):
 
 @register
 class AddK(Exercise):
+    """Add-k smoothing."""
     id = "01.add_k"
     entry = "add_k_probs"
-    title = "Add-k smoothing"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("V not added to the denominator", "adding k to each of the V counts of a context "
@@ -189,9 +189,9 @@ def _kn(counts, d, *, lower_counts=None, clip=True, back_off=True, lam=None, uni
 
 @register
 class KneserNey(Exercise):
+    """Interpolated Kneser-Ney smoothing."""
     id = "01.kneser_ney"
     entry = "kneser_ney_probs"
-    title = "Interpolated Kneser-Ney smoothing"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("no discount", "subtract the discount D from every seen count; it is that mass, "
@@ -230,9 +230,9 @@ def _logp(probs, tokens):
 
 @register
 class Perplexity(Exercise):
+    """Perplexity of an n-gram model."""
     id = "01.perplexity"
     entry = "perplexity"
-    title = "Perplexity of an n-gram model"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("sum instead of mean", "perplexity is exp of the MEAN negative log-probability "
@@ -307,9 +307,9 @@ def _column(probs, ctx):
 
 @register
 class NgramSample(Exercise):
+    """Sampling from an n-gram model by inverse CDF."""
     id = "01.ngram_sample"
     entry = "sample_ngram"
-    title = "Sampling from an n-gram model by inverse CDF"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("greedy instead of sampling", "use the uniform number: the token is where u falls "
@@ -403,9 +403,9 @@ def _merge_drops_last(ids, pair, new_id):
 
 @register
 class BpeMerge(_ListExercise):
+    """Replace one pair by a new token."""
     id = "01.bpe_merge"
     entry = "bpe_merge"
-    title = "Replace one pair by a new token"
     forbid = NO_TOKENIZER_LIBRARIES
     mistakes = (
         Mistake("overlapping occurrences merged", "after a match, jump over BOTH tokens (i += 2): "
@@ -470,9 +470,9 @@ def _training_text(seed: int, n_chars: int = 1500) -> str:
 
 @register
 class BpeTrain(_ListExercise):
+    """Train byte-level BPE merges."""
     id = "01.bpe_train"
     entry = "bpe_train"
-    title = "Train byte-level BPE merges"
     forbid = NO_TOKENIZER_LIBRARIES
     mistakes = (
         Mistake("merges across chunk boundaries", "split the text with the pre-tokenizer PATTERN "
@@ -544,9 +544,9 @@ def _bpe_cases(seed: int, hidden: bool, make) -> list[Case]:
 
 @register
 class BpeEncode(_ListExercise):
+    """Encode text with BPE merges."""
     id = "01.bpe_encode"
     entry = "bpe_encode"
-    title = "Encode text with BPE merges"
     forbid = NO_TOKENIZER_LIBRARIES
     mistakes = (
         Mistake("merges across chunk boundaries", "pre-tokenize with PATTERN and encode each "
@@ -587,9 +587,9 @@ _plain, _swapped = _decoder(lambda t, a, b: t[a] + t[b]), _decoder(lambda t, a, 
 
 @register
 class BpeDecode(_ListExercise):
+    """Decode BPE tokens to text."""
     id = "01.bpe_decode"
     entry = "bpe_decode"
-    title = "Decode BPE tokens to text"
     forbid = NO_TOKENIZER_LIBRARIES
     mistakes = (
         Mistake("strict UTF-8 decoding", "a token sequence can end inside a character: decode "
@@ -636,9 +636,9 @@ def _mlp_variant(act=torch.tanh, flip=False, probs=False, direct=True):
 
 @register
 class MlpLmForward(Exercise):
+    """Forward pass of a Bengio-style MLP language model."""
     id = "01.mlp_lm_forward"
     entry = "mlp_lm_forward"
-    title = "Forward pass of a Bengio-style MLP language model"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("no tanh", "the hidden layer is tanh(H x + d); without it the model is linear.",

@@ -163,9 +163,9 @@ SDPA_MISTAKES = (
 
 @register
 class ScaledDotProductAttention(Exercise):
+    """Scaled dot-product attention with masks."""
     id = "02.sdpa"
     entry = "scaled_dot_product_attention"
-    title = "Scaled dot-product attention with masks"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_ATTENTION
     mistakes = SDPA_MISTAKES
 
@@ -231,9 +231,9 @@ def _causal_additive(T):
 
 @register
 class CausalMask(Exercise):
+    """Causal (look-ahead) mask."""
     id = "02.causal_mask"
     entry = "causal_mask"
-    title = "Causal (look-ahead) mask"
     forbid = NO_COURSE_ANSWERS + (
         Rule(".generate_square_subsequent_mask", "build it with torch.tril yourself"),
     )
@@ -269,9 +269,9 @@ def _padding_off_by_one(lengths, T):
 
 @register
 class PaddingMask(Exercise):
+    """Padding mask from sequence lengths."""
     id = "02.padding_mask"
     entry = "padding_mask"
-    title = "Padding mask from sequence lengths"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("mask inverted", "True marks REAL tokens (may be attended to); PyTorch's "
@@ -344,9 +344,9 @@ def _wrong_mha(**how):
 
 @register
 class MultiHeadAttentionExercise(ModuleExercise):
+    """Multi-head attention."""
     id = "02.mha"
     entry = "MultiHeadAttention"
-    title = "Multi-head attention"
     init = ("d_model", "n_heads")
     reference = A.MultiHeadAttention
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_ATTENTION
@@ -436,9 +436,9 @@ def _sin_from_one(T, d, base=10000.0):
 
 @register
 class Sinusoidal(Exercise):
+    """Sinusoidal positional encoding."""
     id = "02.sinusoidal"
     entry = "sinusoidal_positions"
-    title = "Sinusoidal positional encoding"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("sin and cos concatenated instead of interleaved", "even features 2i are sines, "
@@ -514,9 +514,9 @@ def _rope_float32_angles(x, positions=None, base=10000.0):
 
 @register
 class Rope(Exercise):
+    """Rotary position embedding (rotate-half layout)."""
     id = "02.rope"
     entry = "apply_rope"
-    title = "Rotary position embedding (rotate-half layout)"
     forbid = NO_COURSE_ANSWERS + (
         Rule("transformers", "write the rotation yourself instead of Hugging Face's RoPE"),
         Rule(".apply_rotary_pos_emb", "write the rotation yourself"),
@@ -597,9 +597,9 @@ def _ln_no_keepdim(x, weight, bias, eps=1e-5):
 
 @register
 class LayerNormExercise(Exercise):
+    """Layer normalisation."""
     id = "02.layer_norm"
     entry = "layer_norm"
-    title = "Layer normalisation"
     forbid = NO_COURSE_ANSWERS + (
         Rule(".layer_norm", "compute mean and variance yourself; F.layer_norm is what you are "
              "re-implementing"),
@@ -676,9 +676,9 @@ def _ffn_not_transposed(x, w1, b1, w2, b2):
 
 @register
 class FeedForwardExercise(Exercise):
+    """Position-wise feed-forward network."""
     id = "02.ffn"
     entry = "feed_forward"
-    title = "Position-wise feed-forward network"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("ReLU after the second layer too", "FFN(x) = relu(x W1^T + b1) W2^T + b2: the "
@@ -747,9 +747,9 @@ def _layer_case(ex, g, label, B, T, d=16, h=2, d_ff=32, S=None, dtype=F32, **for
 
 @register
 class EncoderLayerExercise(ModuleExercise):
+    """Transformer encoder layer (post-LN)."""
     id = "02.encoder_layer"
     entry = "EncoderLayer"
-    title = "Transformer encoder layer (post-LN)"
     init = ("d_model", "n_heads", "d_ff")
     reference = TR.EncoderLayer
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_LAYERS
@@ -804,9 +804,9 @@ def _wrong_decoder(pre_ln=False, causal=True, cross=True, swap_cross=False, use_
 
 @register
 class DecoderLayerExercise(ModuleExercise):
+    """Transformer decoder layer with cross-attention (post-LN)."""
     id = "02.decoder_layer"
     entry = "DecoderLayer"
-    title = "Transformer decoder layer with cross-attention (post-LN)"
     init = ("d_model", "n_heads", "d_ff")
     reference = TR.DecoderLayer
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_LAYERS
@@ -875,9 +875,9 @@ GPT_INIT = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
 
 @register
 class GPTExercise(ModuleExercise):
+    """A GPT-2 language model."""
     id = "02.gpt"
     entry = "GPT"
-    title = "A GPT-2 language model"
     init = GPT_INIT
     optional = ("lm_head.weight",)  # tied to transformer.wte.weight; x @ wte.weight.T is fine
     reference = G.GPT

@@ -122,9 +122,9 @@ def _clm_fixed_ignore(logits, labels, ignore_index=IGN):
 
 @register
 class CausalLMLoss(Exercise):
+    """Causal LM loss: shift inside, ignore index."""
     id = "04.causal_lm_loss"
     entry = "causal_lm_loss"
-    title = "Causal LM loss: shift inside, ignore index"
     forbid = NO_BUILTIN_CE
     mistakes = (
         Mistake("no shift", "position t must predict the NEXT token: compare logits[:, :-1] with "
@@ -203,9 +203,9 @@ def _mask_with(special=True, p_random=0.5, exclusive=True, labels="orig", only_m
 
 @register
 class MaskTokens(_Seeded):
+    """BERT masked-LM corruption (15%; 80/10/10)."""
     id = "04.mask_tokens"
     entry = "mask_tokens"
-    title = "BERT masked-LM corruption (15%; 80/10/10)"
     forbid = NO_LIBRARIES
     mistakes = (
         Mistake("special tokens can be selected", "set the selection probability to 0 at "
@@ -278,9 +278,9 @@ def _nsp_with(skip=True, own_range=True, all_a=False, invert=False):
 
 @register
 class NspPairs(_Seeded):
+    """Next-sentence-prediction pairs (50% next, 50% random)."""
     id = "04.nsp_pairs"
     entry = "nsp_pairs"
-    title = "Next-sentence-prediction pairs (50% next, 50% random)"
     forbid = NO_LIBRARIES
     mistakes = (
         Mistake("negatives may come from A's own document", "the random sentence must come from "
@@ -347,9 +347,9 @@ def _prefix_causal(T, prefix_len):
 
 @register
 class PrefixLMMask(Exercise):
+    """Prefix-LM attention mask."""
     id = "04.prefix_lm_mask"
     entry = "prefix_lm_mask"
-    title = "Prefix-LM attention mask"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("mask transposed", "mask[b, i, j] is about query i (row) and key j (column): the "
@@ -398,9 +398,9 @@ def _electra_with(labels="changed", noise="gumbel", everywhere=False):
 
 @register
 class ElectraReplace(_Seeded):
+    """ELECTRA: generator samples and discriminator labels."""
     id = "04.electra_replace"
     entry = "electra_replace"
-    title = "ELECTRA: generator samples and discriminator labels"
     forbid = NO_LIBRARIES
     mistakes = (
         Mistake("labels mark every masked position", "a sampled token equal to the original is "
@@ -464,9 +464,9 @@ def _eloss_with(weight_gen=False, disc_at="real", use_weight=True):
 
 @register
 class ElectraLoss(Exercise):
+    """ELECTRA's joint loss."""
     id = "04.electra_loss"
     entry = "electra_loss"
-    title = "ELECTRA's joint loss"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("weight on the generator", "lambda = 50 multiplies the DISCRIMINATOR loss: "
@@ -566,9 +566,9 @@ def _variant(name, **knobs):
 
 @register
 class AdamWExercise(Exercise):
+    """AdamW from scratch (= torch.optim.AdamW over 100 steps)."""
     id = "04.adamw"
     entry = "AdamW"
-    title = "AdamW from scratch (= torch.optim.AdamW over 100 steps)"
     forbid = NO_BUILTIN_OPTIM
     mistakes = (
         Mistake("Adam with L2 in the gradient (coupled decay)", "that is torch.optim.Adam's "
@@ -684,9 +684,9 @@ def _clip_returns_new_norm(grads, max_norm):
 
 @register
 class ClipGradNorm(Exercise):
+    """Gradient clipping by global norm (= clip_grad_norm_)."""
     id = "04.clip_grad_norm"
     entry = "clip_grad_norm"
-    title = "Gradient clipping by global norm (= clip_grad_norm_)"
     forbid = NO_BUILTIN_CLIP
     mistakes = (
         Mistake("clipped by value, not by norm", "clamping each element to [-max_norm, max_norm] "
@@ -756,9 +756,9 @@ def _lr_no_clamp(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
 
 @register
 class CosineLR(Exercise):
+    """Linear warm-up + cosine decay."""
     id = "04.cosine_lr"
     entry = "cosine_lr"
-    title = "Linear warm-up + cosine decay"
     forbid = NO_SCHEDULERS
     mistakes = (
         Mistake("warm-up off by one", "step 0 gets max_lr / warmup_steps (step + 1 over "
@@ -828,9 +828,9 @@ def _gb_transposed(tokens, batch_size, block_size, generator):
 
 @register
 class GetBatch(_Seeded, _TrainerAllowed):
+    """Random training windows from a token stream."""
     id = "04.get_batch"
     entry = "get_batch"
-    title = "Random training windows from a token stream"
     forbid = ()
     mistakes = (
         Mistake("targets not shifted", "y is x shifted left by one: y[b, t] = tokens[start + t + 1].",
@@ -898,9 +898,9 @@ def _ew_too_many(tokens, block_size):
 
 @register
 class EvalWindows(_TrainerAllowed):
+    """Consecutive evaluation windows."""
     id = "04.eval_windows"
     entry = "eval_windows"
-    title = "Consecutive evaluation windows"
     forbid = ()
     mistakes = (
         Mistake("targets not shifted", "y[k] = tokens[k*T + 1 : k*T + T + 1], x shifted by one.",

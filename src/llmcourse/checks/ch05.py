@@ -100,9 +100,9 @@ def _pool_cases(g, hidden_cases: bool, dtype_hidden=F64):
 
 @register
 class LastTokenPool(Exercise):
+    """Last-token pooling with padding."""
     id = "05.last_token_pool"
     entry = "last_token_pool"
-    title = "Last-token pooling with padding"
     forbid = NO_COURSE_ANSWERS
     mistakes = POOL_MISTAKES
 
@@ -128,9 +128,9 @@ def _wrong_head(pool=None, probabilities=False):
 
 @register
 class ClassificationHeadExercise(ModuleExercise):
+    """Classification head on a GPT (last-token pooling + score)."""
     id = "05.ClassificationHead"
     entry = "ClassificationHead"
-    title = "Classification head on a GPT (last-token pooling + score)"
     init = ("n_embd", "n_classes")
     reference = FT.ClassificationHead
     forbid = NO_COURSE_ANSWERS + (
@@ -180,9 +180,9 @@ def _wrong_lora(scale=None, merge_scaled=True, freeze_base=True, init=None):
 
 @register
 class LoRALinearExercise(ModuleExercise):
+    """A LoRA linear layer: forward, merge, trainable parameters."""
     id = "05.LoRALinear"
     entry = "LoRALinear"
-    title = "A LoRA linear layer: forward, merge, trainable parameters"
     init = ("in_features", "out_features", "r", "alpha")
     reference = L.LoRALinear
     forbid = NO_COURSE_ANSWERS + (
@@ -304,9 +304,9 @@ def _msgs(*pairs):
 
 @register
 class ChatTokens(Exercise):
+    """Chat template and the assistant-only loss mask."""
     id = "05.chat_tokens"
     entry = "chat_tokens"
-    title = "Chat template and the assistant-only loss mask"
     forbid = NO_COURSE_ANSWERS + (
         Rule("transformers", "render the template yourself instead of Hugging Face's"),
         Rule(".apply_chat_template", "render the template yourself"),
@@ -393,9 +393,9 @@ def _mlm_zero_targets(logits, targets, loss_mask):
 
 @register
 class MaskedLMLoss(Exercise):
+    """Next-token loss over the response tokens only."""
     id = "05.masked_lm_loss"
     entry = "masked_lm_loss"
-    title = "Next-token loss over the response tokens only"
     forbid = NO_COURSE_ANSWERS
     mistakes = (
         Mistake("mask ignored: mean over every position", "only positions where loss_mask is True "

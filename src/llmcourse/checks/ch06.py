@@ -97,9 +97,9 @@ def _softmax_t_last_axis(logits, T=1.0, dim=-1):
 
 @register
 class SoftmaxWithTemperature(Exercise):
+    """Softmax at temperature T."""
     id = "06.softmax_t"
     entry = "softmax_with_temperature"
-    title = "Softmax at temperature T"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX
     mistakes = (
         Mistake("multiplied by T instead of dividing", "soft targets are softmax(z / T): a larger "
@@ -235,9 +235,9 @@ KL_MISTAKES = (
 
 @register
 class DistillationKL(Exercise):
+    """T^2-scaled KL(teacher || student)."""
     id = "06.kd_kl"
     entry = "distillation_kl"
-    title = "T^2-scaled KL(teacher || student)"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_KL + (
         Rule(".cross_entropy", "compute the sum over the vocabulary yourself"),
     )
@@ -311,9 +311,9 @@ def _loss_hard_on_teacher(s, t, y, T=2.0, alpha=0.5):
 
 @register
 class DistillationLoss(Exercise):
+    """Soft + hard distillation loss."""
     id = "06.kd_loss"
     entry = "distillation_loss"
-    title = "Soft + hard distillation loss"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_KL
     mistakes = (
         Mistake("alpha on the wrong term", "alpha weights the SOFT (teacher) term: "
@@ -399,9 +399,9 @@ def _cos_sum(hs, ht, proj=None):
 
 @register
 class HiddenCosineLoss(Exercise):
+    """DistilBERT's cosine hidden-state loss."""
     id = "06.cosine"
     entry = "hidden_cosine_loss"
-    title = "DistilBERT's cosine hidden-state loss"
     forbid = NO_COURSE_ANSWERS + NO_BUILTIN_COSINE
     mistakes = (
         Mistake("returned the cosine similarity, not 1 - cos", "a LOSS must be 0 when the "
@@ -498,9 +498,9 @@ def _obj_alpha_swapped(s, t, y, T=2.0, alpha=0.5):
 
 @register
 class KDObjective(Exercise):
+    """The distillation objective with F.kl_div and F.cross_entropy."""
     id = "06.kd_objective"
     entry = "kd_objective"
-    title = "The distillation objective with F.kl_div and F.cross_entropy"
     mistakes = (
         Mistake("F.kl_div arguments swapped", "F.kl_div(input, target) computes KL(target || "
                 "input's distribution): pass the STUDENT's log-probabilities as input and the "

@@ -73,9 +73,9 @@ def _pc_12LC2(vocab_size, block_size, n_layer, n_head, n_embd, non_embedding=Fal
 
 @register
 class ParamCount(Ch07Exercise):
+    """Exact parameter count of the GPT."""
     id = "07.param_count"
     entry = "gpt_param_count"
-    title = "Exact parameter count of the GPT"
     forbid = (
         Rule(".numel", "count from the formula: building a model and calling numel() is the "
              "measurement your formula is checked against"),
@@ -136,9 +136,9 @@ def _fl(vocab_size, n_layer, n_embd, seq_len, fwd=2, attn=4, head=True):
 
 @register
 class TrainFlops(Ch07Exercise):
+    """Training FLOPs per token: 6N plus attention."""
     id = "07.train_flops"
     entry = "train_flops_per_token"
-    title = "Training FLOPs per token: 6N plus attention"
     forbid = (
         Rule(".FlopCounterMode", "derive the count; FlopCounterMode is what checks it"),
     )
@@ -205,9 +205,9 @@ def _ch_D_from_C(C, A, B, alpha, beta):
 
 @register
 class ChinchillaOptimal(Ch07Exercise):
+    """Chinchilla compute-optimal N and D."""
     id = "07.chinchilla_optimal"
     entry = "chinchilla_optimal"
-    title = "Chinchilla compute-optimal N and D"
     mistakes = (
         Mistake("exponents swapped", "N* grows as (C/6)^(beta/(alpha+beta)) and D* as "
                 "(C/6)^(alpha/(alpha+beta)): the exponent of N comes from the OTHER term.", _ch_swapped),
@@ -261,9 +261,9 @@ def _fit_A_not_rescaled(N, L):
 
 @register
 class FitPowerLaw(Ch07Exercise):
+    """Fit L(N) = E + A / N^alpha."""
     id = "07.fit_power_law"
     entry = "fit_power_law"
-    title = "Fit L(N) = E + A / N^alpha"
     mistakes = (
         Mistake("straight line in log-log space", "log L = log A - alpha log N has no floor: "
                 "with E > 0 the points are not on a line; fit E too.", _fit_loglog),
@@ -331,9 +331,9 @@ def _avg_op_avg(model, world_size, all_reduce):
 
 @register
 class AverageGradients(Ch07Exercise):
+    """Data parallelism: all-reduce and average the gradients."""
     id = "07.average_gradients"
     entry = "average_gradients"
-    title = "Data parallelism: all-reduce and average the gradients"
     forbid = (Rule("torch.nn.parallel", "average the gradients yourself with all_reduce instead "
                    "of DistributedDataParallel"),)
     mistakes = (
@@ -415,9 +415,9 @@ def _acc_zero_inside(model, x, y, micro_batch_size):
 
 @register
 class AccumulateGradients(Ch07Exercise):
+    """Gradient accumulation equals the full batch."""
     id = "07.accumulate_gradients"
     entry = "accumulate_gradients"
-    title = "Gradient accumulation equals the full batch"
     mistakes = (
         Mistake("old gradients not cleared", "backward() ADDS to .grad: clear the gradients "
                 "(p.grad = None or zero_grad) before the first micro-batch.", _acc_no_clear),
@@ -501,9 +501,9 @@ def _linear_cases(g, hidden, style):
 
 @register
 class ColumnParallelLinear(Ch07Exercise):
+    """Column-parallel linear layer."""
     id = "07.column_parallel_linear"
     entry = "column_parallel_linear"
-    title = "Column-parallel linear layer"
     forbid = (Rule("torch.nn.functional.linear", "write x @ W_i.T + b_i yourself"),)
     mistakes = (
         Mistake("gathered along the batch axis", "each rank owns some OUTPUT features: "
@@ -534,9 +534,9 @@ def _row_cat(x_shards, weight_shards, bias):
 
 @register
 class RowParallelLinear(Ch07Exercise):
+    """Row-parallel linear layer."""
     id = "07.row_parallel_linear"
     entry = "row_parallel_linear"
-    title = "Row-parallel linear layer"
     forbid = (Rule("torch.nn.functional.linear", "write x_i @ W_i.T yourself"),
               Rule(".cat", "a row-parallel layer never re-assembles W or x: each rank multiplies "
                    "its own slice and the all-reduce sums the partial products"),
@@ -610,9 +610,9 @@ def _quant_cases(seed, hidden):
 
 @register
 class AbsmaxQuantize(Ch07Exercise):
+    """int8 absmax (symmetric) quantization."""
     id = "07.absmax_quantize"
     entry = "absmax_quantize"
-    title = "int8 absmax (symmetric) quantization"
     forbid = NO_BUILTIN_QUANT
     mistakes = (
         Mistake("truncation instead of rounding", ".to(torch.int8) truncates towards zero; "
@@ -664,9 +664,9 @@ def _zp_no_dim(x, dim=None):
 
 @register
 class ZeropointQuantize(Ch07Exercise):
+    """int8 zero-point (asymmetric) quantization."""
     id = "07.zeropoint_quantize"
     entry = "zeropoint_quantize"
-    title = "int8 zero-point (asymmetric) quantization"
     forbid = NO_BUILTIN_QUANT
     mistakes = (
         Mistake("range does not include 0", "extend [min, max] to contain 0 (lo = min(min, 0), "
@@ -716,9 +716,9 @@ def _prune_rows(w, sparsity):
 
 @register
 class MagnitudePrune(Ch07Exercise):
+    """Magnitude pruning."""
     id = "07.magnitude_prune"
     entry = "magnitude_prune"
-    title = "Magnitude pruning"
     forbid = (Rule("torch.nn.utils.prune", "zero the smallest weights yourself instead of "
                    "torch.nn.utils.prune"),)
     mistakes = (

@@ -139,9 +139,9 @@ def _timer_case(label, schedule, kind, warmup, repeats) -> Case:
 
 @register
 class Timer(TimerExercise):
+    """An honest timer: warm-up, synchronise, repeat, median and IQR."""
     id = "09.timer"
     entry = "time_fn"
-    title = "An honest timer: warm-up, synchronise, repeat, median and IQR"
     forbid = NO_TIMING_LIBRARIES
     mistakes = (
         Mistake("no warm-up", "the warm-up calls were skipped, so the slow first calls were "
@@ -197,9 +197,9 @@ def _exact(label, *args, **kwargs) -> Case:
 
 @register
 class MatmulCost(Exercise):
+    """FLOPs and bytes of a matmul."""
     id = "09.matmul_cost"
     entry = "matmul_cost"
-    title = "FLOPs and bytes of a matmul"
     mistakes = (
         Mistake("multiply-add counted as one FLOP", "each of the m n k multiply-adds is two "
                 "FLOPs: 2 m n k.", lambda m, n, k, s: (m * n * k, R.matmul_cost(m, n, k, s)[1])),
@@ -228,9 +228,9 @@ class MatmulCost(Exercise):
 
 @register
 class SoftmaxCost(Exercise):
+    """FLOPs and bytes of a row softmax."""
     id = "09.softmax_cost"
     entry = "softmax_cost"
-    title = "FLOPs and bytes of a row softmax"
     mistakes = (
         Mistake("one FLOP per element", "the course counts 5 FLOPs per element: max, "
                 "subtract, exp, sum, divide.", lambda r, c, s: (r * c, 2 * r * c * s)),
@@ -254,9 +254,9 @@ class SoftmaxCost(Exercise):
 
 @register
 class AttentionCost(Exercise):
+    """FLOPs and bytes of fused self-attention."""
     id = "09.attention_cost"
     entry = "attention_cost"
-    title = "FLOPs and bytes of fused self-attention"
     mistakes = (
         Mistake("only 2 S^2 d per head", "there are two matmuls, Q K^T and P V, of 2 S^2 d "
                 "FLOPs each (a multiply-add is 2 FLOPs): 4 B H S^2 d.",
@@ -297,9 +297,9 @@ class AttentionCost(Exercise):
 
 @register
 class Roofline(Exercise):
+    """Arithmetic intensity and the roofline classification."""
     id = "09.roofline"
     entry = "roofline"
-    title = "Arithmetic intensity and the roofline classification"
     mistakes = (
         Mistake("intensity inverted", "arithmetic intensity is FLOPs per byte: flops / "
                 "bytes_moved.", lambda f, b, P, W: R.roofline(b, f, P, W)),
@@ -369,9 +369,9 @@ def _chunked(q, k, v, causal=False, chunk_size=128, *, scale=None, local_mask=Fa
 
 @register
 class ChunkedAttention(Exercise):
+    """Memory-efficient attention: queries in chunks."""
     id = "09.chunked_attention"
     entry = "chunked_attention"
-    title = "Memory-efficient attention: queries in chunks"
     forbid = NO_FUSED_ATTENTION
     mistakes = (
         Mistake("no 1/sqrt(d) scale", "scale the scores by 1/sqrt(head_dim) before the "
@@ -431,9 +431,9 @@ class ChunkedAttention(Exercise):
 
 @register
 class MFU(Exercise):
+    """Model FLOPs utilisation of a training step."""
     id = "09.mfu"
     entry = "mfu"
-    title = "Model FLOPs utilisation of a training step"
     mistakes = (
         Mistake("forward pass only", "a training step is forward (2 FLOPs per parameter per "
                 "token) + backward (4): 6 N, and 12 L T d for attention.",

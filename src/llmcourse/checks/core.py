@@ -9,8 +9,6 @@ compare outputs outside the learner's kernel without importing torch.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -68,10 +66,8 @@ class Exercise:
 
     id: str = ""
     entry: str = ""  # the function/class name the learner defines
-    title: str = ""
     forbid: tuple[Rule, ...] = ()
     mistakes: tuple[Mistake, ...] = ()
-    public_seed: int = 0
     # Reference modules a notebook may import (e.g. ("training", "gpt") where it trains with
     # the course's trainer); every other part of ``llmcourse.reference`` stays off limits.
     allow_reference: tuple[str, ...] = ()
@@ -273,7 +269,3 @@ def exception_line(exc: BaseException) -> str:
     """An exception as one short line: ``TypeError: message``."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-def to_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, default=lambda o: dataclasses.asdict(o))

@@ -31,7 +31,7 @@ def case_seed(seed: int, exercise_id: str) -> int:
 
 def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
     """Inputs -> ``inputs_path`` (written atomically); expected outputs -> returned npz bytes."""
-    from ..checks import _clone, get  # imports torch and the specs: trusted process only
+    from ..checks.runner import _clone, get  # imports torch and the specs: trusted process only
     from ..checks.core import flatten, pack, tolerance
 
     in_arrays, in_meta, ex_arrays, ex_meta = {}, {}, {}, {}
