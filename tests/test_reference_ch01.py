@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.checks.ch01 import _naive_train
+from llmcourse.checks.ch01.bpe import _naive_train
 from llmcourse.data import corpus, python_stdlib
 from llmcourse.reference import bpe, mlp_lm, ngram
 

@@ -68,9 +68,13 @@ class Exercise:
     entry: str = ""  # the function/class name the learner defines
     forbid: tuple[Rule, ...] = ()
     mistakes: tuple[Mistake, ...] = ()
-    # Reference modules a notebook may import (e.g. ("training", "gpt") where it trains with
-    # the course's trainer); every other part of ``llmcourse.reference`` stays off limits.
+    # Parts of ``llmcourse.reference`` a notebook may import (modules, e.g. ("training", "gpt")
+    # where it trains with the course's trainer, or names, "training.train_lm"); every other
+    # part of the reference stays off limits.
     allow_reference: tuple[str, ...] = ()
+    # The message when the reference is called anyway; by default the global rule's, plus
+    # "(only its training and gpt modules are allowed here)" when ``allow_reference`` is set.
+    reference_why: str = ""
 
     def reference(self, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -87,14 +91,15 @@ class Exercise:
 
     @property
     def rules(self) -> tuple[Rule, ...]:
-        """This exercise's forbidden shortcuts plus the global ones."""
-        rules = GLOBAL_RULES
-        if self.allow_reference:
-            why = (f"{r.why} (only its {' and '.join(self.allow_reference)} modules are "
-                   "allowed here)")
-            rules = tuple(Rule(r.target, why, tuple(self.allow_reference))
-                          if r.target == "llmcourse.reference" else r for r in rules)
-        return tuple(dict.fromkeys(self.forbid + rules))
+        """The forbidden shortcuts, in the order they are tried on each name the code uses:
+        calling the course's reference first, then this exercise's own, then the checker's
+        internals."""
+        course, *others = GLOBAL_RULES
+        why = self.reference_why or course.why
+        if self.allow_reference and not self.reference_why:
+            why += f" (only its {' and '.join(self.allow_reference)} modules are allowed here)"
+        course = Rule(course.target, why, tuple(self.allow_reference))
+        return tuple(dict.fromkeys((course,) + self.forbid + tuple(others)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,23 +251,6 @@ def tolerance(case: Case, expected: list[Item]) -> tuple[float, float]:
         rtol, atol = max(rtol, r), max(atol, a)
     return (case.rtol if case.rtol is not None else rtol,
             case.atol if case.atol is not None else atol)
-
-
-# ---------------------------------------------------------------------------------------
-# Serialising items (used by the grader to move outputs across processes safely).
-
-def pack(items: list[Item]) -> tuple[dict[str, np.ndarray], list]:
-    arrays, meta = {}, []
-    for i, (where, arr, tag) in enumerate(items):
-        meta.append([where, tag, arr is not None])
-        if arr is not None:
-            arrays[str(i)] = arr
-    return arrays, meta
-
-
-def unpack(arrays: dict[str, np.ndarray], meta: list) -> list[Item]:
-    return [(where, arrays[str(i)] if has else None, tag)
-            for i, (where, tag, has) in enumerate(meta)]
 
 
 def exception_line(exc: BaseException) -> str:

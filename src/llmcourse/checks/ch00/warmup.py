@@ -1,19 +1,14 @@
-"""Chapter 00 exercises: stable softmax, log-softmax and cross-entropy."""
+"""warmup.ipynb: stable softmax, log-softmax and cross-entropy."""
 
 from __future__ import annotations
 
 import torch
 
-from ..reference import basics as ref
-from . import register
-from .core import Case, Exercise, Mistake, Rule
+from ...reference import basics as ref
+from .. import register
+from ..core import Case, Exercise, Mistake, Rule
+from ..kit import INF, generator, randn
 
-INF = float("inf")
-
-# Every exercise forbids reaching into the course's own answers.
-NO_COURSE_ANSWERS = (
-    Rule("llmcourse.reference", "write it yourself instead of calling the course's reference"),
-)
 NO_BUILTIN_SOFTMAX = (
     Rule(".softmax", "build it from exp and sum; PyTorch's softmax is what you are re-implementing"),
     Rule("torch.nn.Softmax", "build it from exp and sum instead of torch.nn.Softmax"),
@@ -23,18 +18,14 @@ NO_BUILTIN_SOFTMAX = (
 )
 
 
-def _randn(g: torch.Generator, *shape, dtype=torch.float32, scale=1.0) -> torch.Tensor:
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-
 def _logit_cases(seed: int, hidden: bool) -> list[Case]:
     """Inputs shared by softmax and log_softmax: shapes, axes, and the numerically nasty ones."""
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     cases = [
-        Case("1-D vector", (_randn(g, 5),)),
-        Case("2-D batch, dim=-1", (_randn(g, 3, 4),), {"dim": -1}),
-        Case("2-D, dim=0", (_randn(g, 4, 3),), {"dim": 0}),
-        Case("square matrix (4, 4)", (_randn(g, 4, 4, scale=3.0),)),
+        Case("1-D vector", (randn(g, 5),)),
+        Case("2-D batch, dim=-1", (randn(g, 3, 4),), {"dim": -1}),
+        Case("2-D, dim=0", (randn(g, 4, 3),), {"dim": 0}),
+        Case("square matrix (4, 4)", (randn(g, 4, 4, scale=3.0),)),
         Case("huge logits (+1000)", (torch.tensor([[1000.0, 1001.0, 1002.0], [1000.0, 1000.0, 1000.0]]),)),
         Case("rows on very different scales", (torch.tensor([[1000.0, 1001.0], [-1000.0, -999.0]]),)),
         Case("tiny logits (-1000)", (torch.tensor([[0.0, -1000.0, -1000.0], [-1000.0, -1001.0, -999.0]]),)),
@@ -42,11 +33,11 @@ def _logit_cases(seed: int, hidden: bool) -> list[Case]:
     ]
     if hidden:
         cases += [
-            Case("4-D float64, dim=1", (_randn(g, 2, 3, 4, 5, dtype=torch.float64),), {"dim": 1}),
-            Case("3-D, dim=-2, large scale", (_randn(g, 2, 5, 3, scale=300.0),), {"dim": -2}),
-            Case("size-1 axis", (_randn(g, 3, 1),), {"dim": -1}),
-            Case("float64 around +-1e4", (_randn(g, 6, 7, dtype=torch.float64, scale=1e4),)),
-            Case("square float64, dim=0", (_randn(g, 5, 5, dtype=torch.float64, scale=50.0),), {"dim": 0}),
+            Case("4-D float64, dim=1", (randn(g, 2, 3, 4, 5, dtype=torch.float64),), {"dim": 1}),
+            Case("3-D, dim=-2, large scale", (randn(g, 2, 5, 3, scale=300.0),), {"dim": -2}),
+            Case("size-1 axis", (randn(g, 3, 1),), {"dim": -1}),
+            Case("float64 around +-1e4", (randn(g, 6, 7, dtype=torch.float64, scale=1e4),)),
+            Case("square float64, dim=0", (randn(g, 5, 5, dtype=torch.float64, scale=50.0),), {"dim": 0}),
         ]
     return cases
 
@@ -82,7 +73,7 @@ class Softmax(Exercise):
     """Numerically stable softmax."""
     id = "00.softmax"
     entry = "softmax"
-    forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX
+    forbid = NO_BUILTIN_SOFTMAX
     mistakes = (
         Mistake("no max subtraction", "exp(1000) overflows to inf and inf/inf is nan; "
                 "subtract the maximum along `dim` before exp.", _softmax_no_shift),
@@ -126,7 +117,7 @@ class LogSoftmax(Exercise):
     """Numerically stable log-softmax."""
     id = "00.log_softmax"
     entry = "log_softmax"
-    forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX
+    forbid = NO_BUILTIN_SOFTMAX
     mistakes = (
         Mistake("log of softmax", "log(softmax(x)) gives -inf once a probability underflows to 0; "
                 "use x - m - log(sum(exp(x - m))) directly.", _log_softmax_of_softmax),
@@ -170,7 +161,7 @@ class CrossEntropy(Exercise):
     """Cross-entropy from logits."""
     id = "00.cross_entropy"
     entry = "cross_entropy"
-    forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX + (
+    forbid = NO_BUILTIN_SOFTMAX + (
         Rule(".cross_entropy", "compute it from your own log_softmax instead of F.cross_entropy"),
         Rule(".nll_loss", "pick the target log-probabilities yourself instead of F.nll_loss"),
         Rule("torch.nn.CrossEntropyLoss", "compute it yourself instead of nn.CrossEntropyLoss"),
@@ -194,22 +185,22 @@ class CrossEntropy(Exercise):
         return ref.cross_entropy(logits, targets)
 
     def cases(self, seed, hidden):
-        g = torch.Generator().manual_seed(seed)
+        g = generator(seed)
 
         def targets(*shape, c):
             return torch.randint(0, c, shape, generator=g)
 
         cases = [
-            Case("batch of 4, 5 classes", (_randn(g, 4, 5), targets(4, c=5))),
-            Case("single example", (_randn(g, 1, 3), targets(1, c=3))),
+            Case("batch of 4, 5 classes", (randn(g, 4, 5), targets(4, c=5))),
+            Case("single example", (randn(g, 1, 3), targets(1, c=3))),
             Case("huge logits (+-1000)", (torch.tensor([[1000.0, 0.0, -1000.0], [0.0, 1000.0, 0.0]]),
                                          torch.tensor([2, 1]))),
             Case("uniform logits: loss = log(C)", (torch.zeros(3, 8), torch.tensor([0, 3, 7]))),
         ]
         if hidden:
             cases += [
-                Case("3-D (batch, seq, vocab)", (_randn(g, 2, 3, 7), targets(2, 3, c=7))),
-                Case("float64, 50 classes", (_randn(g, 6, 50, dtype=torch.float64, scale=20.0),
+                Case("3-D (batch, seq, vocab)", (randn(g, 2, 3, 7), targets(2, 3, c=7))),
+                Case("float64, 50 classes", (randn(g, 6, 50, dtype=torch.float64, scale=20.0),
                                              targets(6, c=50))),
                 Case("confident and right", (torch.tensor([[30.0, -30.0], [-30.0, 30.0]]),
                                              torch.tensor([0, 1]))),

@@ -1,0 +1,3 @@
+"""Chapter 00, getting started: one module per notebook."""
+
+from . import warmup  # noqa: F401
