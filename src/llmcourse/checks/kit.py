@@ -6,6 +6,9 @@ A chapter file holds only its exercises; everything two exercises need lives her
 * :func:`randn` -- a float tensor drawn in float64 from a generator, then cast (so the values
   do not depend on the dtype asked for).
 * :func:`generator` -- a fresh ``torch.Generator`` seeded with ``seed``.
+* :func:`draw_seed` -- an int seed drawn from a case generator (for a case's own generator).
+* :class:`SeededExercise` -- the learner's function takes ``generator=``; a case carries
+  ``seed`` instead and each call gets a fresh generator seeded with it.
 * :func:`knob` -- a cataloged mistake as "the reference with one knob turned":
   ``knob(_sdpa, scale=1.0)``.
 * :class:`ModuleExercise` -- the learner writes an ``nn.Module`` class whose parameters carry
@@ -40,12 +43,26 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+def draw_seed(g: torch.Generator) -> int:
+    """A seed in ``[0, 2^31 - 1)`` drawn from ``g``."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+
+
 def knob(fn, /, **how):
     """``fn`` with some keyword arguments fixed: a mistake written as a variant of one
     parametrised implementation. Keeps ``fn``'s name for messages."""
     out = functools.partial(fn, **how)
     out.__name__ = getattr(fn, "__name__", "mistake")  # type: ignore[attr-defined]
     return out
+
+
+class SeededExercise(Exercise):
+    """An exercise whose function takes ``generator=``: cases carry ``seed`` instead."""
+
+    def call(self, fn, case):
+        kw = dict(case.kwargs)
+        gen = generator(kw.pop("seed"))
+        return fn(*case.args, generator=gen, **kw)
 
 
 class SpecError(Exception):
