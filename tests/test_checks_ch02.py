@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmcourse.checks import all_exercises, check, CheckFailed, get, run
-from llmcourse.checks.ch02 import ModuleExercise
+from llmcourse.checks.kit import ModuleExercise
 from llmcourse.grading import codec
 from llmcourse.reference import attention as A
 from llmcourse.reference import gpt as G

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmcourse.checks import all_exercises, get, run
-from llmcourse.checks.ch02 import ModuleExercise
+from llmcourse.checks.kit import ModuleExercise
 from llmcourse.reference import finetuning as FT
 from llmcourse.reference import lora as L
 
