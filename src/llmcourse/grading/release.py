@@ -16,6 +16,10 @@ from .course import CourseError, chapters, nbgrader_config, read_repository_url
 
 SETUP_ID = "llmcourse-setup"
 
+#: Folders of solutions/ that hold book pages only (no notebooks, no assignment): the release
+#: copies them to chapters/ as they are, like the pages of a chapter.
+PAGE_DIRS = ("appendix",)
+
 SETUP_SOURCE = '''\
 # Setup - run this cell first. It installs the course library when it is missing (e.g. on
 # Colab) and keeps the torch that is already installed.
@@ -67,14 +71,15 @@ def release(root: Path, out_dir: Path | None = None, log=print,
     if not names:
         raise CourseError(f"no chapter folders (NN-name) in {root / 'solutions'}")
     out.mkdir(parents=True, exist_ok=True)
+    pages = [d for d in PAGE_DIRS if (root / "solutions" / d).is_dir()]
     if only:
-        unknown = sorted(set(only) - set(names))
+        unknown = sorted(set(only) - set(names) - set(pages))
         if unknown:
             raise CourseError(f"no chapter {unknown[0]!r} in solutions/ (have: {', '.join(names)})")
         names = [n for n in names if n in only]
     else:
         for stale in out.iterdir():
-            if stale.is_dir() and stale.name not in names:
+            if stale.is_dir() and stale.name not in names + pages:
                 shutil.rmtree(stale)
     with tempfile.TemporaryDirectory(prefix="llmc-release-") as tmp:
         cfg = nbgrader_config(root, course_dir=Path(tmp), release_dir=out)
@@ -86,5 +91,11 @@ def release(root: Path, out_dir: Path | None = None, log=print,
                 raise CourseError(f"release of {name} failed: {lines[-1]}")
             for nb in sorted((out / name).glob("*.ipynb")):
                 finalize(nb, url)
+            log(f"released {name}")
+    for name in pages:
+        if not only or name in only:
+            shutil.rmtree(out / name, ignore_errors=True)
+            shutil.copytree(root / "solutions" / name, out / name,
+                            ignore=shutil.ignore_patterns(".*", "__pycache__"))
             log(f"released {name}")
     return names
