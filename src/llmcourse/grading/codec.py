@@ -1,10 +1,10 @@
-"""Move test inputs between processes as NumPy arrays plus JSON (never pickle)."""
+"""Move test inputs between processes as NumPy arrays plus JSON (never pickle, never zip)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+
+from . import protocol
 
 
 def encode(value, arrays: dict[str, np.ndarray], key: str):
@@ -40,10 +40,13 @@ def decode(desc, arrays):
 
 
 def save(path_or_file, arrays: dict[str, np.ndarray], meta) -> None:
-    np.savez(path_or_file, __meta__=np.array(json.dumps(meta)), **arrays)
+    protocol.save(path_or_file, arrays, meta)
 
 
-def load(path_or_file) -> tuple[dict[str, np.ndarray], object]:
-    with np.load(path_or_file, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    return arrays, json.loads(str(arrays.pop("__meta__")))
+def load(path, cap: int = protocol.MAX_OUTPUTS_BYTES) -> tuple[dict[str, np.ndarray], object]:
+    """Arrays and JSON from a file written by :func:`save` (hostile input: capped, no zip)."""
+    return protocol.load(path, cap)
+
+
+def loads(data: bytes) -> tuple[dict[str, np.ndarray], object]:
+    return protocol.loads(data)

@@ -13,10 +13,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 from nbclient.client import NotebookClient
@@ -25,7 +25,7 @@ from nbformat.v4 import new_code_cell, new_output
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Bool, Integer, Unicode
 
-HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+from .protocol import HIDDEN_PLACEHOLDER, BatchDir, read_plan, strip_hidden
 
 
 class SandboxKernelManager(AsyncKernelManager):
@@ -106,20 +106,19 @@ class SafeExecute(Execute):
         if not self.verify_dir:
             return
         info = resources.get("nbgrader", {})
-        plan_path = os.path.join(self.verify_dir, "plan.json")
-        if not os.path.exists(plan_path):
+        batch = BatchDir(Path(self.verify_dir))
+        entries = read_plan(batch.plan, info.get("notebook", ""))
+        if not entries:
             return
-        plan = json.load(open(plan_path)).get(info.get("notebook", ""), {})
-        if not plan.get("entries"):
-            return
-        out = os.path.join(self.verify_dir, "out", f"{info.get('student', '_')}--{info['notebook']}.npz")
+        job = batch.job(info.get("student", "_"), info["notebook"])
+        out, inputs = str(job.outputs), str(batch.inputs)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         if os.path.exists(out):
             os.remove(out)
         src = ("from llmcourse.grading.harness import dump as _llmcourse_dump\n"
-               f"_llmcourse_dump({plan['inputs']!r}, {out!r}, {plan['entries']!r})")
+               f"_llmcourse_dump({inputs!r}, {out!r}, {entries!r})")
         deadline = time.monotonic() + 300  # the grader makes the inputs in parallel
-        while not os.path.exists(plan["inputs"]) and time.monotonic() < deadline:
+        while not os.path.exists(inputs) and time.monotonic() < deadline:
             time.sleep(0.02)
         cell = new_code_cell(src)
         self.timeout = self._cell_timeout
@@ -137,13 +136,7 @@ class StripHiddenTests(NbGraderPreprocessor):
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code":
-            src = cell.source
-            while HIDDEN_BEGIN in src:
-                start = src.index(HIDDEN_BEGIN)
-                end = src.find(HIDDEN_END, start)
-                end = len(src) if end < 0 else end + len(HIDDEN_END)
-                src = src[:start] + "# (hidden tests were run here)" + src[end:]
-            cell.source = src
+            cell.source = strip_hidden(cell.source, HIDDEN_PLACEHOLDER)
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "error":
                     out["traceback"] = [f"{out.get('ename', 'Error')}: {out.get('evalue', '')}"]

@@ -22,6 +22,7 @@ from ..checks.core import Rule
 from ..checks.forbidden import violations_for
 from .course import nbgrader_config
 from .submissions import SourceIndex, Submission, _nbg, _text, discover
+from .protocol import BatchDir, write_plan
 from .verify import CaseMaker, entries_and_rules, judge
 
 
@@ -78,93 +79,152 @@ def grade(path: Path, root: Path, options: Options, assignment: str | None = Non
     return rows
 
 
+@dataclass
+class Chapter:
+    """What grading one chapter needs, made once per batch before any learner code runs."""
+
+    assignment: str
+    sources: list
+    options: Options
+    batch: BatchDir
+    api: object
+    db_url: str
+    maker: CaseMaker | None
+
+    def exercises(self, src) -> list[str]:
+        return sorted({e for g in src.grade_cells.values() for e in g.exercises})
+
+
+@dataclass
+class Graded:
+    """One submission after nbgrader and the kernel ran: what the rows are built from."""
+
+    sub: Submission
+    problems: list[str]
+    expected: tuple | None
+    success: bool
+    t0: float
+
+
+@dataclass
+class CellContext:
+    """Everything :func:`_settle` needs to decide one graded cell."""
+
+    gb: object
+    grade_cell: object  # submissions.GradeCell
+    source: object  # submissions.SourceNotebook
+    student: str
+    notebook: dict | None  # the learner's repaired notebook JSON
+    verdicts: dict
+    rules: dict
+
+
 def _grade_assignment(assignment, subs, index, root, options, seed, vdir, log) -> list[Row]:
-    from nbgrader.api import Gradebook, MissingEntry
+    chapter = _prepare(assignment, index, root, options, seed, BatchDir(vdir))
+    rows = []
+    for sub in subs:
+        rows += _rows(chapter, _grade_submission(chapter, sub), log)
+    return rows
+
+
+def _prepare(assignment, index, root, options, seed, batch: BatchDir) -> Chapter:
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
     sources = index.of(assignment)
     exercise_ids = sorted({e for s in sources for g in s.grade_cells.values() for e in g.exercises})
-    inputs = str(vdir / "inputs.npz")
-    maker = CaseMaker(seed, inputs, exercise_ids) if exercise_ids else None
-    plan = {s.name: {"inputs": inputs, "entries": {e: entry for g in s.grade_cells.values()
-                                                  for e, entry in g.exercises.items()}}
-            for s in sources}
-    (vdir / "plan.json").write_text(json.dumps(plan))
+    batch.inputs_dir.mkdir(parents=True, exist_ok=True)
+    maker = CaseMaker(seed, str(batch.inputs), exercise_ids) if exercise_ids else None
+    write_plan(batch.plan, {s.name: {e: entry for g in s.grade_cells.values()
+                                     for e, entry in g.exercises.items()} for s in sources})
     cfg = nbgrader_config(root, options.course_dir, cell_timeout=options.cell_timeout,
                           notebook_timeout=options.notebook_timeout, memory=options.memory,
-                          verify_dir=str(vdir))
+                          verify_dir=str(batch.root))
     api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
     db_url = cfg.CourseDirectory.db_url
     _ensure_assignment(api, assignment, db_url, root)
-    rows = []
-    for sub in subs:
-        t0 = time.perf_counter()
-        folder = options.course_dir / "submitted" / sub.student / assignment
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for name, nb in sub.notebooks.items():
-            (folder / f"{name}.ipynb").write_text(json.dumps(nb, indent=1), encoding="utf-8")
-        problems = list(sub.problems)
-        # The kernel waits for the hidden inputs only at the very end, so making them
-        # overlaps the kernel's start-up and the learner's cells.
-        result = api.autograde(assignment, sub.student, force=True, create=True)
-        if not result["success"]:
-            problems.append("nbgrader could not grade this submission: " + _last_line(result))
-        expected = maker.result() if maker is not None else None
-        sub_rows = []
-        with Gradebook(db_url, "llmcourse") as gb:
-            for src in sources:
-                nb = sub.notebooks.get(src.name)
-                verdicts = judge(expected, str(vdir / "out" / f"{sub.student}--{src.name}.npz"),
-                                 sorted({e for g in src.grade_cells.values() for e in g.exercises})
-                                 ) if (maker and nb is not None) else {}
-                mine = [p for p in problems if p.startswith(src.name)]
-                row = Row(sub.student, assignment, src.name, 0.0, 0.0, problems=mine + (
-                    [p for p in problems if not any(p.startswith(s.name) for s in sources)]
-                    if src is sources[0] else []))
-                if nb is None:
-                    row.problems.append(f"{src.name}.ipynb missing: scored 0")
-                else:
-                    row.problems += _run_problems(options, sub.student, assignment, src.name)
-                rules = entries_and_rules(expected) if maker else {}
-                for gc in src.grade_cells.values():
-                    row.cells.append(_settle(gb, MissingEntry, gc, src, sub, nb, verdicts, rules))
-                row.score = sum(c.points for c in row.cells)
-                row.max_score = sum(c.max_points for c in row.cells)
-                sub_rows.append(row)
-        if options.feedback and result["success"]:
-            fb = api.generate_feedback(assignment, sub.student, force=True)
-            for row in sub_rows:
-                html = options.course_dir / "feedback" / sub.student / assignment / f"{row.notebook}.html"
-                row.feedback = str(html) if fb["success"] and html.exists() else ""
+    return Chapter(assignment, sources, options, batch, api, db_url, maker)
+
+
+def _grade_submission(chapter: Chapter, sub: Submission) -> Graded:
+    """Hand the submission to nbgrader (which runs it in the sandboxed kernel)."""
+    t0 = time.perf_counter()
+    folder = chapter.options.course_dir / "submitted" / sub.student / chapter.assignment
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, nb in sub.notebooks.items():
+        (folder / f"{name}.ipynb").write_text(json.dumps(nb, indent=1), encoding="utf-8")
+    problems = list(sub.problems)
+    # The kernel waits for the hidden inputs only at the very end, so making them
+    # overlaps the kernel's start-up and the learner's cells.
+    result = chapter.api.autograde(chapter.assignment, sub.student, force=True, create=True)
+    if not result["success"]:
+        problems.append("nbgrader could not grade this submission: " + _last_line(result))
+    expected = chapter.maker.result() if chapter.maker is not None else None
+    return Graded(sub, problems, expected, bool(result["success"]), t0)
+
+
+def _rows(chapter: Chapter, graded: Graded, log) -> list[Row]:
+    """The gradebook's final word and one row per notebook of the chapter."""
+    from nbgrader.api import Gradebook
+
+    sub, problems, expected, options = graded.sub, graded.problems, graded.expected, chapter.options
+    sources, assignment = chapter.sources, chapter.assignment
+    rules = entries_and_rules(expected) if expected else {}
+    sub_rows = []
+    with Gradebook(chapter.db_url, "llmcourse") as gb:
+        for src in sources:
+            nb = sub.notebooks.get(src.name)
+            verdicts = judge(expected, str(chapter.batch.job(sub.student, src.name).outputs),
+                             chapter.exercises(src)) if (expected and nb is not None) else {}
+            mine = [p for p in problems if p.startswith(src.name)]
+            row = Row(sub.student, assignment, src.name, 0.0, 0.0, problems=mine + (
+                [p for p in problems if not any(p.startswith(s.name) for s in sources)]
+                if src is sources[0] else []))
+            if nb is None:
+                row.problems.append(f"{src.name}.ipynb missing: scored 0")
+            else:
+                row.problems += _run_problems(options, sub.student, assignment, src.name)
+            for gc in src.grade_cells.values():
+                row.cells.append(_settle(CellContext(gb, gc, src, sub.student, nb, verdicts, rules)))
+            row.score = sum(c.points for c in row.cells)
+            row.max_score = sum(c.max_points for c in row.cells)
+            sub_rows.append(row)
+    if options.feedback and graded.success:
+        fb = chapter.api.generate_feedback(assignment, sub.student, force=True)
         for row in sub_rows:
-            row.seconds = round(time.perf_counter() - t0, 2)
-            log(f"graded {row.student}/{assignment}/{row.notebook}: {row.score:g}/{row.max_score:g}")
-        rows += sub_rows
-    return rows
+            html = options.course_dir / "feedback" / sub.student / assignment / f"{row.notebook}.html"
+            row.feedback = str(html) if fb["success"] and html.exists() else ""
+    for row in sub_rows:
+        row.seconds = round(time.perf_counter() - graded.t0, 2)
+        log(f"graded {row.student}/{assignment}/{row.notebook}: {row.score:g}/{row.max_score:g}")
+    return sub_rows
 
 
-def _settle(gb, MissingEntry, gc, src, sub, nb, verdicts, rules) -> CellScore:
+def _settle(cell: CellContext) -> CellScore:
     """Final points of one graded cell: nbgrader's, unless the checks outside the kernel disagree."""
+    from nbgrader.api import MissingEntry
+
+    gc, src, nb, gb = cell.grade_cell, cell.source, cell.notebook, cell.gb
     try:
-        grade = gb.find_grade(gc.grade_id, src.name, src.assignment, sub.student)
+        grade = gb.find_grade(gc.grade_id, src.name, src.assignment, cell.student)
     except MissingEntry:
         return CellScore(gc.grade_id, 0.0, gc.points, "not graded")
     reasons = []
     cells = [(f"cell '{_nbg(c).get('grade_id') or i}'", _text(c)) for i, c in enumerate(nb["cells"])
              if c.get("cell_type") == "code" and not _nbg(c).get("locked")] if nb else []
     for exid, entry in gc.exercises.items():
-        if exid in rules:
-            found = violations_for(entry, tuple(Rule(t, w, tuple(a)) for t, w, a in rules[exid][1]), cells)
+        if exid in cell.rules:
+            found = violations_for(entry, tuple(Rule(t, w, tuple(a)) for t, w, a in cell.rules[exid][1]),
+                                   cells)
             if found:
                 reasons.append(f"{exid}: {found[0]}")
-        v = verdicts.get(exid)
+        v = cell.verdicts.get(exid)
         if v is not None and not v.ok:
             reasons.append(f"{exid}: {v.message}" + (f" - diagnosis: {v.mistake}" if v.mistake else ""))
     auto = float(grade.auto_score or 0.0)
     grade.manual_score = 0.0 if (reasons and auto > 0) else None
-    _comment(gb, MissingEntry, gc, src, sub, reasons)
+    _comment(gb, gc, src, cell.student, reasons)
     gb.db.commit()
     if not reasons and auto < gc.points:
         reasons.append("the test cell failed in the notebook (see the feedback)")
@@ -201,11 +261,13 @@ def _run_problems(options, student, assignment, name) -> list[str]:
     return list(dict.fromkeys(found))[:10]
 
 
-def _comment(gb, MissingEntry, gc, src, sub, reasons) -> None:
+def _comment(gb, gc, src, student, reasons) -> None:
     """Put the reason on the answer cell(s) of the exercise, where the feedback shows it."""
+    from nbgrader.api import MissingEntry
+
     for entry in gc.exercises.values():
         try:
-            comment = gb.find_comment(entry, src.name, src.assignment, sub.student)
+            comment = gb.find_comment(entry, src.name, src.assignment, student)
         except MissingEntry:
             continue
         comment.manual_comment = ("Checked outside your notebook: " + "; ".join(reasons)) if reasons else None

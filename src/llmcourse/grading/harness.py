@@ -6,8 +6,9 @@ torch or with the checks can only change what is reported, never how it is judge
 from __future__ import annotations
 
 from ..checks import get
-from ..checks.core import Case, exception_line, flatten, pack
+from ..checks.core import Case, exception_line, flatten
 from . import codec
+from .protocol import output_key, pack
 
 
 def dump(inputs_path: str, out_path: str, entries: dict[str, str]) -> None:
@@ -39,7 +40,7 @@ def dump(inputs_path: str, out_path: str, entries: dict[str, str]) -> None:
                 results.append({"error": exception_line(exc)})
                 continue
             for i, arr in got.items():
-                out_arrays[f"{exid}:{ci}:{i}"] = arr
+                out_arrays[output_key(exid, ci, i)] = arr
             results.append({"items": items_meta})
         out_meta[exid] = results
     codec.save(out_path, out_arrays, out_meta)

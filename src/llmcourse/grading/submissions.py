@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 
 from .course import chapters
-from .execute import HIDDEN_BEGIN, HIDDEN_END
+from .protocol import strip_hidden as _strip
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -45,11 +45,8 @@ class Submission:
 
 
 def strip_hidden(src: str) -> str:
-    while HIDDEN_BEGIN in src:
-        start = src.index(HIDDEN_BEGIN)
-        end = src.find(HIDDEN_END, start)
-        src = src[:start] + ("" if end < 0 else src[end + len(HIDDEN_END):])
-    return src.strip()
+    """A test cell as the learner sees it (hidden tests removed, ends trimmed)."""
+    return _strip(src).strip()
 
 
 def checked_exercises(src: str) -> dict[str, str]:

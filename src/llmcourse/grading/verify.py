@@ -21,8 +21,10 @@ import sys
 import zlib
 from dataclasses import dataclass
 
-from ..checks.core import compare, exception_line, unpack
+from ..checks.core import compare, exception_line
 from . import codec
+from .protocol import (ProtocolError, expected_items, expected_key, key, mistake_items,
+                       mistake_key, output_items, pack)
 
 
 def case_seed(seed: int, exercise_id: str) -> int:
@@ -32,7 +34,7 @@ def case_seed(seed: int, exercise_id: str) -> int:
 def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
     """Inputs -> ``inputs_path`` (written atomically); expected outputs -> returned npz bytes."""
     from ..checks.runner import _clone, get  # imports torch and the specs: trusted process only
-    from ..checks.core import flatten, pack, tolerance
+    from ..checks.core import flatten, tolerance
 
     in_arrays, in_meta, ex_arrays, ex_meta = {}, {}, {}, {}
     for exid in exercise_ids:
@@ -41,12 +43,12 @@ def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
                                             "forbid": [[r.target, r.why, list(r.allow)] for r in ex.rules]}
         for ci, case in enumerate(ex.cases(case_seed(seed, exid), True)):
             in_meta[exid].append({"label": case.label,
-                                  "args": codec.encode(tuple(case.args), in_arrays, f"{exid}:{ci}:a"),
-                                  "kwargs": codec.encode(case.kwargs, in_arrays, f"{exid}:{ci}:k")})
+                                  "args": codec.encode(tuple(case.args), in_arrays, key(exid, ci, "a")),
+                                  "kwargs": codec.encode(case.kwargs, in_arrays, key(exid, ci, "k"))})
             expected = flatten(ex.expected(_clone(case)))
             rtol, atol = tolerance(case, expected)
             arrays, meta = pack(expected)
-            ex_arrays.update({f"{exid}:{ci}:e{k}": v for k, v in arrays.items()})
+            ex_arrays.update({expected_key(exid, ci, k): v for k, v in arrays.items()})
             mistakes = []
             for mi, m in enumerate(ex.mistakes):
                 try:
@@ -54,11 +56,11 @@ def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
                 except Exception as exc:  # a mistake that crashes is matched by its error
                     mistakes.append([mi, m.name, m.explain, exception_line(exc)])
                     continue
-                ex_arrays.update({f"{exid}:{ci}:m{mi}:{k}": v for k, v in arrays.items()})
+                ex_arrays.update({mistake_key(exid, ci, mi, k): v for k, v in arrays.items()})
                 mistakes.append([mi, m.name, m.explain, m_meta])
             ex_meta[exid]["cases"].append({"label": case.label, "rtol": rtol, "atol": atol,
                                            "expected": meta, "mistakes": mistakes})
-    tmp = inputs_path + ".tmp.npz"
+    tmp = inputs_path + ".tmp"
     codec.save(tmp, in_arrays, in_meta)
     os.replace(tmp, inputs_path)
     buf = io.BytesIO()
@@ -83,7 +85,7 @@ class CaseMaker:
             if self.proc.returncode != 0:
                 last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise RuntimeError(f"could not make the hidden cases: {last[0]}")
-            self._result = codec.load(io.BytesIO(out))
+            self._result = codec.loads(out)
         return self._result
 
 
@@ -102,13 +104,16 @@ def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str
                                   "(kernel died or ran out of time)") for e in exercise_ids}
     try:
         got_arrays, got_meta = codec.load(outputs_path)
-    except Exception as exc:
-        return {e: Verdict(False, f"unreadable outputs ({type(exc).__name__})") for e in exercise_ids}
+    except ProtocolError as exc:
+        return {e: Verdict(False, f"unreadable outputs ({exc})") for e in exercise_ids}
     verdicts = {}
     for exid in exercise_ids:
-        verdicts[exid] = _judge_one(exid, ex_meta[exid]["cases"], ex_arrays,
-                                    got_meta.get(exid, []) if isinstance(got_meta, dict) else [],
-                                    got_arrays)
+        try:
+            verdicts[exid] = _judge_one(exid, ex_meta[exid]["cases"], ex_arrays,
+                                        got_meta.get(exid, []) if isinstance(got_meta, dict) else [],
+                                        got_arrays)
+        except Exception as exc:  # hostile outputs must never stop the batch: fail closed
+            verdicts[exid] = Verdict(False, f"malformed outputs ({type(exc).__name__})")
     return verdicts
 
 
@@ -124,20 +129,16 @@ def _judge_one(exid, cases, ex_arrays, got_cases, got_arrays) -> Verdict:
             named = [f"{n}: {e}" for _, n, e, m in case["mistakes"] if m == got["error"]]
             return Verdict(False, f"{label} raised {got['error']}", named[0] if named else "")
         try:
-            g_items = unpack({k.split(":", 2)[2]: v for k, v in got_arrays.items()
-                              if k.startswith(f"{exid}:{ci}:")}, got["items"])
+            g_items = output_items(got_arrays, exid, ci, got["items"])
         except (KeyError, TypeError, ValueError):
             return Verdict(False, f"{label}: malformed output")
-        e_items = unpack({k.split(":", 2)[2][1:]: v for k, v in ex_arrays.items()
-                          if k.startswith(f"{exid}:{ci}:e")}, case["expected"])
+        e_items = expected_items(ex_arrays, exid, ci, case["expected"])
         problem = compare(e_items, g_items, case["rtol"], case["atol"])
         if problem:
             for mi, name, explain, m_meta in case["mistakes"]:
                 if isinstance(m_meta, str):
                     continue
-                prefix = f"{exid}:{ci}:m{mi}:"
-                m_items = unpack({k[len(prefix):]: v for k, v in ex_arrays.items()
-                                  if k.startswith(prefix)}, m_meta)
+                m_items = mistake_items(ex_arrays, exid, ci, mi, m_meta)
                 if compare(m_items, g_items, case["rtol"], case["atol"]) is None:
                     return Verdict(False, f"{label}: {problem}", f"{name}: {explain}")
             return Verdict(False, f"{label}: {problem}")
