@@ -1,10 +1,6 @@
-"""Chapter 06 exercises: knowledge distillation.
-
-Notebook ``losses.ipynb`` builds the pieces from tensor operations: the softmax at temperature
-T, the T^2-scaled KL divergence teacher || student, the combined soft + hard loss, and
-DistilBERT's cosine hidden-state loss. Notebook ``distill_gpt.ipynb`` writes the training
-objective with PyTorch's own ``F.kl_div``/``F.cross_entropy`` (whose argument order and
-reductions are the classic traps) and trains a student GPT with it.
+"""losses.ipynb: knowledge distillation built from tensor operations: the softmax at
+temperature T, the T^2-scaled KL divergence teacher || student, the combined soft + hard loss,
+and DistilBERT's cosine hidden-state loss.
 
 Tolerances: the soft loss is T^2 times a KL that shrinks like 1/T^2, so float32 rounding in the
 log-probabilities (about 1e-7 * log V per term) is multiplied by T^2. Float32 cases therefore
@@ -13,20 +9,15 @@ allow rtol = 1e-4 and atol = 1e-6 * max(1, T^2); float64 cases keep the defaults
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
-from ..reference import distillation as ref
-from . import register
-from .core import GLOBAL_RULES, Case, Exercise, Mistake, Rule
+from ...reference import distillation as distillation_ref
+from .. import register
+from ..core import Case, Exercise, Mistake, Rule
+from ..kit import F32, F64, generator, randn
 
-F32, F64 = torch.float32, torch.float64
 
-NO_COURSE_ANSWERS = (
-    Rule("llmcourse.reference", "write it yourself instead of calling the course's reference"),
-)
 NO_BUILTIN_SOFTMAX = (
     Rule(".softmax", "build it from exp and sum; PyTorch's softmax is what you are re-implementing"),
     Rule("torch.nn.Softmax", "build it from exp and sum instead of torch.nn.Softmax"),
@@ -45,10 +36,6 @@ NO_BUILTIN_COSINE = (
 )
 
 
-def _randn(g, *shape, dtype=F32, scale=1.0) -> torch.Tensor:
-    return (torch.randn(*shape, generator=g, dtype=F64) * scale).to(dtype)
-
-
 def _tol(T: float, dtype=F32) -> dict:
     """Per-case tolerance (see the module docstring): float32 errors grow with T^2."""
     if dtype == F64:
@@ -58,7 +45,7 @@ def _tol(T: float, dtype=F32) -> dict:
 
 def _pair(g, *shape, dtype=F32, scale=2.0):
     """(student_logits, teacher_logits) of the same shape; the teacher is sharper."""
-    return _randn(g, *shape, dtype=dtype, scale=scale), _randn(g, *shape, dtype=dtype, scale=2 * scale)
+    return randn(g, *shape, dtype=dtype, scale=scale), randn(g, *shape, dtype=dtype, scale=2 * scale)
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,7 +87,7 @@ class SoftmaxWithTemperature(Exercise):
     """Softmax at temperature T."""
     id = "06.softmax_t"
     entry = "softmax_with_temperature"
-    forbid = NO_COURSE_ANSWERS + NO_BUILTIN_SOFTMAX
+    forbid = NO_BUILTIN_SOFTMAX
     mistakes = (
         Mistake("multiplied by T instead of dividing", "soft targets are softmax(z / T): a larger "
                 "T must make the distribution FLATTER.", _softmax_t_times),
@@ -118,24 +105,24 @@ class SoftmaxWithTemperature(Exercise):
     )
 
     def reference(self, logits, T=1.0, dim=-1):
-        return ref.softmax_with_temperature(logits, T, dim)
+        return distillation_ref.softmax_with_temperature(logits, T, dim)
 
     def cases(self, seed, hidden):
-        g = torch.Generator().manual_seed(seed)
+        g = generator(seed)
         cases = [
-            Case("1-D logits, T = 2", (_randn(g, 6, scale=2.0),), {"T": 2.0}),
-            Case("(batch, vocab), T = 1", (_randn(g, 3, 8),), {"T": 1.0}),
-            Case("(batch, seq, vocab), T = 4", (_randn(g, 2, 3, 10, scale=3.0),), {"T": 4.0}),
+            Case("1-D logits, T = 2", (randn(g, 6, scale=2.0),), {"T": 2.0}),
+            Case("(batch, vocab), T = 1", (randn(g, 3, 8),), {"T": 1.0}),
+            Case("(batch, seq, vocab), T = 4", (randn(g, 2, 3, 10, scale=3.0),), {"T": 4.0}),
             Case("large logits at T = 0.1 (z / T overflows exp)",
                  (torch.tensor([[20.0, 10.0, 0.0], [-5.0, 15.0, 14.0]]),), {"T": 0.1}),
-            Case("dim = 0, T = 3", (_randn(g, 5, 3),), {"T": 3.0, "dim": 0}),
+            Case("dim = 0, T = 3", (randn(g, 5, 3),), {"T": 3.0, "dim": 0}),
         ]
         if hidden:
             cases += [
-                Case("float64, T = 10", (_randn(g, 4, 50, dtype=F64, scale=5.0),), {"T": 10.0}),
-                Case("integer temperature T = 3", (_randn(g, 2, 7),), {"T": 3}),
-                Case("tiny T = 0.01 on float64", (_randn(g, 3, 6, dtype=F64, scale=10.0),), {"T": 0.01}),
-                Case("3-D, dim = 1, T = 0.5", (_randn(g, 2, 4, 3),), {"T": 0.5, "dim": 1}),
+                Case("float64, T = 10", (randn(g, 4, 50, dtype=F64, scale=5.0),), {"T": 10.0}),
+                Case("integer temperature T = 3", (randn(g, 2, 7),), {"T": 3}),
+                Case("tiny T = 0.01 on float64", (randn(g, 3, 6, dtype=F64, scale=10.0),), {"T": 0.01}),
+                Case("3-D, dim = 1, T = 0.5", (randn(g, 2, 4, 3),), {"T": 0.5, "dim": 1}),
                 Case("all logits equal: uniform for any T", (torch.full((2, 5), 7.0),), {"T": 0.3}),
             ]
         return cases
@@ -238,17 +225,17 @@ class DistillationKL(Exercise):
     """T^2-scaled KL(teacher || student)."""
     id = "06.kd_kl"
     entry = "distillation_kl"
-    forbid = NO_COURSE_ANSWERS + NO_BUILTIN_KL + (
+    forbid = NO_BUILTIN_KL + (
         Rule(".cross_entropy", "compute the sum over the vocabulary yourself"),
     )
     mistakes = KL_MISTAKES
 
     def reference(self, student_logits, teacher_logits, T=1.0):
-        return ref.distillation_kl(student_logits, teacher_logits, T)
+        return distillation_ref.distillation_kl(student_logits, teacher_logits, T)
 
     def cases(self, seed, hidden):
-        g = torch.Generator().manual_seed(seed)
-        same = _randn(g, 3, 6)
+        g = generator(seed)
+        same = randn(g, 3, 6)
         confident = torch.tensor([[100.0, 0.0, -100.0, 0.0], [0.0, 0.0, 0.0, 90.0]])
         cases = [
             Case("(batch, vocab) = (4, 10), T = 1", _pair(g, 4, 10), {"T": 1.0}, **_tol(1)),
@@ -256,7 +243,7 @@ class DistillationKL(Exercise):
             Case("(3, 8), T = 4", _pair(g, 3, 8), {"T": 4.0}, **_tol(4)),
             Case("student = teacher: KL = 0", (same, same.clone()), {"T": 3.0}, **_tol(3)),
             Case("confident teacher, probabilities underflow to 0, T = 1",
-                 (_randn(g, 2, 4), confident), {"T": 1.0}, **_tol(1)),
+                 (randn(g, 2, 4), confident), {"T": 1.0}, **_tol(1)),
             Case("(2, 3, 7), T = 0.5", _pair(g, 2, 3, 7), {"T": 0.5}, **_tol(0.5)),
         ]
         if hidden:
@@ -278,7 +265,7 @@ def _ce(z, y, T=1.0):
 
 
 def _kd(s, t, T):
-    return ref.distillation_kl(s, t, T)
+    return distillation_ref.distillation_kl(s, t, T)
 
 
 def _loss_alpha_swapped(s, t, y, T=2.0, alpha=0.5):
@@ -314,7 +301,7 @@ class DistillationLoss(Exercise):
     """Soft + hard distillation loss."""
     id = "06.kd_loss"
     entry = "distillation_loss"
-    forbid = NO_COURSE_ANSWERS + NO_BUILTIN_KL
+    forbid = NO_BUILTIN_KL
     mistakes = (
         Mistake("alpha on the wrong term", "alpha weights the SOFT (teacher) term: "
                 "alpha * T^2 * KL + (1 - alpha) * CE.", _loss_alpha_swapped),
@@ -332,10 +319,10 @@ class DistillationLoss(Exercise):
     )
 
     def reference(self, student_logits, teacher_logits, targets, T=2.0, alpha=0.5):
-        return ref.distillation_loss(student_logits, teacher_logits, targets, T, alpha)
+        return distillation_ref.distillation_loss(student_logits, teacher_logits, targets, T, alpha)
 
     def cases(self, seed, hidden):
-        g = torch.Generator().manual_seed(seed)
+        g = generator(seed)
 
         def case(label, *shape, T, alpha, dtype=F32):
             s, t = _pair(g, *shape, dtype=dtype)
@@ -402,7 +389,7 @@ class HiddenCosineLoss(Exercise):
     """DistilBERT's cosine hidden-state loss."""
     id = "06.cosine"
     entry = "hidden_cosine_loss"
-    forbid = NO_COURSE_ANSWERS + NO_BUILTIN_COSINE
+    forbid = NO_BUILTIN_COSINE
     mistakes = (
         Mistake("returned the cosine similarity, not 1 - cos", "a LOSS must be 0 when the "
                 "directions agree: mean(1 - cos).", _cos_similarity),
@@ -419,139 +406,29 @@ class HiddenCosineLoss(Exercise):
     )
 
     def reference(self, student_hidden, teacher_hidden, proj=None):
-        return ref.hidden_cosine_loss(student_hidden, teacher_hidden, proj)
+        return distillation_ref.hidden_cosine_loss(student_hidden, teacher_hidden, proj)
 
     def cases(self, seed, hidden):
-        g = torch.Generator().manual_seed(seed)
-        h = _randn(g, 3, 6)
+        g = generator(seed)
+        h = randn(g, 3, 6)
         cases = [
-            Case("equal widths (4, 8), no projection", (_randn(g, 4, 8), _randn(g, 4, 8))),
+            Case("equal widths (4, 8), no projection", (randn(g, 4, 8), randn(g, 4, 8))),
             Case("(2, 5, 16) -> (2, 5, 32) through proj (16, 32)",
-                 (_randn(g, 2, 5, 16), _randn(g, 2, 5, 32), _randn(g, 16, 32, scale=0.25))),
+                 (randn(g, 2, 5, 16), randn(g, 2, 5, 32), randn(g, 16, 32, scale=0.25))),
             Case("same directions, other lengths: loss 0", (h, 3.0 * h), {}, None, 1e-6),
             Case("opposite directions: loss 2", (h, -0.5 * h)),
-            Case("(3, 4, 6) -> (3, 4, 10) with proj", (_randn(g, 3, 4, 6), _randn(g, 3, 4, 10),
-                                                       _randn(g, 6, 10, scale=0.4))),
+            Case("(3, 4, 6) -> (3, 4, 10) with proj", (randn(g, 3, 4, 6), randn(g, 3, 4, 10),
+                                                       randn(g, 6, 10, scale=0.4))),
         ]
         if hidden:
-            z = _randn(g, 4, 5)
+            z = randn(g, 4, 5)
             z[1] = 0.0
             cases += [
-                Case("float64 (2, 7, 12) -> 24", (_randn(g, 2, 7, 12, dtype=F64),
-                                                  _randn(g, 2, 7, 24, dtype=F64),
-                                                  _randn(g, 12, 24, dtype=F64, scale=0.3))),
-                Case("4-D equal widths", (_randn(g, 2, 2, 3, 8), _randn(g, 2, 2, 3, 8))),
-                Case("a zero student vector: its cosine is 0", (z, _randn(g, 4, 5))),
-                Case("one position, proj (3, 5)", (_randn(g, 1, 3), _randn(g, 1, 5), _randn(g, 3, 5))),
-            ]
-        return cases
-
-
-# ---------------------------------------------------------------------------------------
-# 06.kd_objective (distill_gpt.ipynb): the same loss with PyTorch's built-ins
-
-def _obj(s, t, y, T, alpha, *, kl):
-    V = s.shape[-1]
-    ce = F.cross_entropy(s.reshape(-1, V), y.reshape(-1))
-    return alpha * kl + (1 - alpha) * ce
-
-
-def _kl_div(s, t, T, reduction="batchmean", swap=False, probs_in=False):
-    V = s.shape[-1]
-    log_q = F.log_softmax(s.reshape(-1, V) / T, dim=-1)
-    p = F.softmax(t.reshape(-1, V) / T, dim=-1)
-    if swap:
-        return F.kl_div(F.log_softmax(t.reshape(-1, V) / T, dim=-1), log_q.exp(), reduction=reduction)
-    return F.kl_div(log_q.exp() if probs_in else log_q, p, reduction=reduction)
-
-
-def _obj_swapped(s, t, y, T=2.0, alpha=0.5):
-    return _obj(s, t, y, T, alpha, kl=T ** 2 * _kl_div(s, t, T, swap=True))
-
-
-def _obj_probs_input(s, t, y, T=2.0, alpha=0.5):
-    return _obj(s, t, y, T, alpha, kl=T ** 2 * _kl_div(s, t, T, probs_in=True))
-
-
-def _obj_batchmean_3d(s, t, y, T=2.0, alpha=0.5):
-    kl = F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean")
-    return _obj(s, t, y, T, alpha, kl=T ** 2 * kl)
-
-
-def _obj_mean(s, t, y, T=2.0, alpha=0.5):
-    with warnings.catch_warnings():  # PyTorch warns that 'mean' is not the KL's definition
-        warnings.simplefilter("ignore")
-        return _obj(s, t, y, T, alpha, kl=T ** 2 * _kl_div(s, t, T, reduction="mean"))
-
-
-def _obj_no_T2(s, t, y, T=2.0, alpha=0.5):
-    return _obj(s, t, y, T, alpha, kl=_kl_div(s, t, T))
-
-
-def _obj_hard_at_T(s, t, y, T=2.0, alpha=0.5):
-    return alpha * T ** 2 * _kl_div(s, t, T) + (1 - alpha) * _ce(s, y, T)
-
-
-def _obj_alpha_swapped(s, t, y, T=2.0, alpha=0.5):
-    return (1 - alpha) * T ** 2 * _kl_div(s, t, T) + alpha * _ce(s, y)
-
-
-@register
-class KDObjective(Exercise):
-    """The distillation objective with F.kl_div and F.cross_entropy."""
-    id = "06.kd_objective"
-    entry = "kd_objective"
-    mistakes = (
-        Mistake("F.kl_div arguments swapped", "F.kl_div(input, target) computes KL(target || "
-                "input's distribution): pass the STUDENT's log-probabilities as input and the "
-                "TEACHER's probabilities as target. Swapped, it is KL(student || teacher).",
-                _obj_swapped),
-        Mistake("probabilities passed as F.kl_div's input", "F.kl_div expects LOG-probabilities "
-                "as its first argument (F.log_softmax(student / T)); with probabilities it "
-                "computes a meaningless sum.", _obj_probs_input),
-        Mistake("reduction='batchmean' on 3-D logits", "'batchmean' divides by the size of the "
-                "FIRST axis only, here the batch; flatten to (batch * seq, vocab) first so every "
-                "position counts once.", _obj_batchmean_3d),
-        Mistake("reduction='mean'", "'mean' divides by batch * seq * vocab; the KL is summed over "
-                "the vocabulary: flatten to (positions, vocab) and use 'batchmean'.", _obj_mean),
-        Mistake("missing T^2", MISSING_T2.explain, _obj_no_T2),
-        Mistake("hard loss at temperature T", "F.cross_entropy takes the student's plain logits "
-                "(T = 1).", _obj_hard_at_T),
-        Mistake("alpha on the wrong term", "alpha weights the soft term: "
-                "alpha * T^2 * KL + (1 - alpha) * CE.", _obj_alpha_swapped),
-    )
-
-    @property
-    def rules(self):
-        """Here the course's trainer and GPT may be imported (the notebook trains with them);
-        the distillation reference itself stays off limits."""
-        keep = tuple(r for r in GLOBAL_RULES if r.target != "llmcourse.reference")
-        return (Rule("llmcourse.reference", "write the objective yourself instead of calling "
-                     "the course's reference (only its training and gpt modules are allowed here)",
-                     allow=("training", "gpt")),) + keep
-
-    def reference(self, student_logits, teacher_logits, targets, T=2.0, alpha=0.5):
-        return ref.distillation_loss(student_logits, teacher_logits, targets, T, alpha)
-
-    def cases(self, seed, hidden):
-        g = torch.Generator().manual_seed(seed)
-
-        def case(label, B, L, V, T, alpha, dtype=F32):
-            s, t = _pair(g, B, L, V, dtype=dtype)
-            y = torch.randint(0, V, (B, L), generator=g)
-            return Case(label, (s, t, y), {"T": T, "alpha": alpha}, **_tol(T, dtype))
-
-        cases = [
-            case("(B, L, V) = (2, 4, 16), T = 2, alpha = 0.5", 2, 4, 16, T=2.0, alpha=0.5),
-            case("(3, 5, 10), T = 4, alpha = 0.9", 3, 5, 10, T=4.0, alpha=0.9),
-            case("(1, 8, 32), T = 1, alpha = 0.3", 1, 8, 32, T=1.0, alpha=0.3),
-            case("alpha = 1, T = 3, (2, 3, 12)", 2, 3, 12, T=3.0, alpha=1.0),
-        ]
-        if hidden:
-            cases += [
-                case("float64 (4, 2, 20), T = 8, alpha = 0.7", 4, 2, 20, T=8.0, alpha=0.7, dtype=F64),
-                case("(2, 16, 256) byte vocabulary, T = 2, alpha = 0.5", 2, 16, 256, T=2.0, alpha=0.5),
-                case("alpha = 0, (3, 2, 5)", 3, 2, 5, T=5.0, alpha=0.0),
-                case("(5, 1, 9), T = 1.5, alpha = 0.25", 5, 1, 9, T=1.5, alpha=0.25),
+                Case("float64 (2, 7, 12) -> 24", (randn(g, 2, 7, 12, dtype=F64),
+                                                  randn(g, 2, 7, 24, dtype=F64),
+                                                  randn(g, 12, 24, dtype=F64, scale=0.3))),
+                Case("4-D equal widths", (randn(g, 2, 2, 3, 8), randn(g, 2, 2, 3, 8))),
+                Case("a zero student vector: its cosine is 0", (z, randn(g, 4, 5))),
+                Case("one position, proj (3, 5)", (randn(g, 1, 3), randn(g, 1, 5), randn(g, 3, 5))),
             ]
         return cases
