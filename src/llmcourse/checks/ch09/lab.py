@@ -1,4 +1,4 @@
-"""Chapter 09 exercises: an honest timer, FLOP/byte counts, the roofline, chunked attention, MFU.
+"""lab.ipynb: an honest timer, FLOP/byte counts, the roofline, chunked attention, MFU.
 
 Grading never depends on the grader's hardware:
 
@@ -21,13 +21,13 @@ import statistics
 
 import torch
 
-from ..reference import chunked_attention as CA
-from ..reference import roofline as R
-from ..reference import timing as TM
-from . import register
-from .core import Case, Exercise, Mistake, Rule
+from ...reference import chunked_attention as chunked_ref
+from ...reference import roofline as roofline_ref
+from ...reference import timing as timing_ref
+from .. import register
+from ..core import Case, Exercise, Mistake, Rule
+from ..kit import F32, F64, generator
 
-F32, F64 = torch.float32, torch.float64
 
 NO_TIMING_LIBRARIES = (
     Rule("torch.utils.benchmark", "write the warm-up / synchronise / repeat loop yourself"),
@@ -74,7 +74,7 @@ class TimerExercise(Exercise):
 
     def call(self, fn, case: Case):
         kw = case.kwargs
-        with TM.SleepWorkload(kw["schedule"], kw["kind"]) as work:
+        with timing_ref.SleepWorkload(kw["schedule"], kw["kind"]) as work:
             result = fn(work, warmup=kw["warmup"], repeats=kw["repeats"], sync=work.sync)
             work.drain()
             calls = work.calls
@@ -86,28 +86,28 @@ class TimerExercise(Exercise):
                                                           kw["repeats"])))
         return {"calls": calls, "n_times": len(times),
                 "median_vs_schedule": -1 if median < lo else (1 if median > hi else 0),
-                "median_is_median_of_times": bool(times) and _close(median, TM.quantile(times, 0.5)),
+                "median_is_median_of_times": bool(times) and _close(median, timing_ref.quantile(times, 0.5)),
                 "iqr_is_iqr_of_times": bool(times) and _close(
-                    iqr, TM.quantile(times, 0.75) - TM.quantile(times, 0.25))}
+                    iqr, timing_ref.quantile(times, 0.75) - timing_ref.quantile(times, 0.25))}
 
 
 def _timer_no_warmup(fn, warmup=3, repeats=10, sync=None):
-    return TM.time_fn(fn, 0, repeats, sync)
+    return timing_ref.time_fn(fn, 0, repeats, sync)
 
 
 def _timer_warmup_timed(fn, warmup=3, repeats=10, sync=None):
-    return TM.time_fn(fn, 0, warmup + repeats, sync)
+    return timing_ref.time_fn(fn, 0, warmup + repeats, sync)
 
 
 def _timer_no_sync(fn, warmup=3, repeats=10, sync=None):
-    return TM.time_fn(fn, warmup, repeats, sync=lambda: None)
+    return timing_ref.time_fn(fn, warmup, repeats, sync=lambda: None)
 
 
 def _timer_stat(fn, warmup, repeats, sync, stat, spread=None, scale=1e3):
     """The reference timer's measurements, summarised wrongly (``stat``/``spread``) or in the
     wrong unit (``scale`` per second instead of 1e3)."""
-    times = [t * scale / 1e3 for t in TM.time_fn(fn, warmup, repeats, sync)["times_ms"]]
-    iqr = TM.quantile(times, 0.75) - TM.quantile(times, 0.25)
+    times = [t * scale / 1e3 for t in timing_ref.time_fn(fn, warmup, repeats, sync)["times_ms"]]
+    iqr = timing_ref.quantile(times, 0.75) - timing_ref.quantile(times, 0.25)
     return {"median_ms": stat(times), "iqr_ms": spread(times) if spread else iqr,
             "times_ms": times}
 
@@ -165,7 +165,7 @@ class Timer(TimerExercise):
     )
 
     def reference(self, fn, warmup=3, repeats=10, sync=None):
-        return TM.time_fn(fn, warmup, repeats, sync)
+        return timing_ref.time_fn(fn, warmup, repeats, sync)
 
     def cases(self, seed, hidden):
         cases = [
@@ -174,7 +174,7 @@ class Timer(TimerExercise):
             _timer_case("asynchronous work", [30, 30, 30, 10, 4, 25, 10, 10], "async", 3, 5),
         ]
         if hidden:
-            g = torch.Generator().manual_seed(seed)
+            g = generator(seed)
             base = 4 + int(torch.randint(0, 5, (), generator=g))
             cases += [
                 _timer_case("odd repeats, two outliers",
@@ -202,7 +202,7 @@ class MatmulCost(Exercise):
     entry = "matmul_cost"
     mistakes = (
         Mistake("multiply-add counted as one FLOP", "each of the m n k multiply-adds is two "
-                "FLOPs: 2 m n k.", lambda m, n, k, s: (m * n * k, R.matmul_cost(m, n, k, s)[1])),
+                "FLOPs: 2 m n k.", lambda m, n, k, s: (m * n * k, roofline_ref.matmul_cost(m, n, k, s)[1])),
         Mistake("bytes counted in elements", "multiply the number of elements by "
                 "`dtype_bytes`.", lambda m, n, k, s: (2 * m * n * k, m * k + k * n + m * n)),
         Mistake("output not written", "C = A B must be written back: (m k + k n + m n) "
@@ -212,13 +212,13 @@ class MatmulCost(Exercise):
     )
 
     def reference(self, m, n, k, dtype_bytes):
-        return R.matmul_cost(m, n, k, dtype_bytes)
+        return roofline_ref.matmul_cost(m, n, k, dtype_bytes)
 
     def cases(self, seed, hidden):
         cases = [_exact("(64, 16) @ (16, 32), float32", 64, 32, 16, 4),
                  _exact("square 8192, bfloat16", 8192, 8192, 8192, 2)]
         if hidden:
-            g = torch.Generator().manual_seed(seed)
+            g = generator(seed)
             m, n, k = (int(x) for x in torch.randint(1, 5000, (3,), generator=g))
             cases += [_exact("random sizes, float16", m, n, k, 2),
                       _exact("matrix-vector (n = 1), float32", 4096, 1, 11008, 4),
@@ -241,12 +241,12 @@ class SoftmaxCost(Exercise):
     )
 
     def reference(self, rows, cols, dtype_bytes):
-        return R.softmax_cost(rows, cols, dtype_bytes)
+        return roofline_ref.softmax_cost(rows, cols, dtype_bytes)
 
     def cases(self, seed, hidden):
         cases = [_exact("(1024, 4096) float32", 1024, 4096, 4), _exact("(3, 7) bfloat16", 3, 7, 2)]
         if hidden:
-            g = torch.Generator().manual_seed(seed)
+            g = generator(seed)
             r, c = (int(x) for x in torch.randint(1, 100_000, (2,), generator=g))
             cases += [_exact("random sizes, float16", r, c, 2), _exact("one row, float64", 1, 50257, 8)]
         return cases
@@ -261,30 +261,30 @@ class AttentionCost(Exercise):
         Mistake("only 2 S^2 d per head", "there are two matmuls, Q K^T and P V, of 2 S^2 d "
                 "FLOPs each (a multiply-add is 2 FLOPs): 4 B H S^2 d.",
                 lambda b, h, S, d, s, causal=False: (
-                    R.attention_cost(b, h, S, d, s, causal)[0] // 2,
-                    R.attention_cost(b, h, S, d, s, causal)[1])),
+                    roofline_ref.attention_cost(b, h, S, d, s, causal)[0] // 2,
+                    roofline_ref.attention_cost(b, h, S, d, s, causal)[1])),
         Mistake("causal not halved", "with causal=True half the scores are masked and a "
                 "causal kernel skips them: divide the FLOPs by 2.",
-                lambda b, h, S, d, s, causal=False: R.attention_cost(b, h, S, d, s, False)),
+                lambda b, h, S, d, s, causal=False: roofline_ref.attention_cost(b, h, S, d, s, False)),
         Mistake("score matrix counted in bytes", "a fused kernel never writes the S x S "
                 "scores to memory: bytes are read Q, K, V + write O = 4 B H S d s.",
                 lambda b, h, S, d, s, causal=False: (
-                    R.attention_cost(b, h, S, d, s, causal)[0],
-                    R.attention_cost(b, h, S, d, s, causal)[1] + 2 * b * h * S * S * s)),
+                    roofline_ref.attention_cost(b, h, S, d, s, causal)[0],
+                    roofline_ref.attention_cost(b, h, S, d, s, causal)[1] + 2 * b * h * S * S * s)),
         Mistake("heads forgotten", "every one of the H heads does its own attention: "
-                "multiply by H.", lambda b, h, S, d, s, causal=False: R.attention_cost(
+                "multiply by H.", lambda b, h, S, d, s, causal=False: roofline_ref.attention_cost(
                     b, 1, S, d, s, causal)),
     )
 
     def reference(self, batch, heads, seq, head_dim, dtype_bytes, causal=False):
-        return R.attention_cost(batch, heads, seq, head_dim, dtype_bytes, causal)
+        return roofline_ref.attention_cost(batch, heads, seq, head_dim, dtype_bytes, causal)
 
     def cases(self, seed, hidden):
         cases = [_exact("B=2, H=4, S=128, d=64, float32", 2, 4, 128, 64, 4),
                  _exact("B=4, H=16, S=8192, d=64, bfloat16, causal", 4, 16, 8192, 64, 2,
                         causal=True)]
         if hidden:
-            g = torch.Generator().manual_seed(seed)
+            g = generator(seed)
             S = 2 * int(torch.randint(1, 3000, (), generator=g))
             cases += [_exact("random S, causal, float16", 1, 12, S, 64, 2, causal=True),
                       _exact("causal=False given explicitly", 3, 8, 100, 128, 4, causal=False),
@@ -302,7 +302,7 @@ class Roofline(Exercise):
     entry = "roofline"
     mistakes = (
         Mistake("intensity inverted", "arithmetic intensity is FLOPs per byte: flops / "
-                "bytes_moved.", lambda f, b, P, W: R.roofline(b, f, P, W)),
+                "bytes_moved.", lambda f, b, P, W: roofline_ref.roofline(b, f, P, W)),
         Mistake("no compute roof", "intensity * bandwidth can exceed the peak; take the "
                 "min with peak_flops.", lambda f, b, P, W: (f / b, f / b * W, f / b < P / W)),
         Mistake("max instead of min", "the attainable rate is capped by BOTH roofs: "
@@ -318,25 +318,25 @@ class Roofline(Exercise):
     )
 
     def reference(self, flops, bytes_moved, peak_flops, peak_bandwidth):
-        return R.roofline(flops, bytes_moved, peak_flops, peak_bandwidth)
+        return roofline_ref.roofline(flops, bytes_moved, peak_flops, peak_bandwidth)
 
     def cases(self, seed, hidden):
         P, W = 989e12, 3.35e12  # an H100 SXM's listed bf16 peak and bandwidth
         cases = [
-            Case("fp32 softmax on an H100: memory-bound", (*R.softmax_cost(4096, 4096, 4), P, W)),
+            Case("fp32 softmax on an H100: memory-bound", (*roofline_ref.softmax_cost(4096, 4096, 4), P, W)),
             Case("bf16 matmul 8192^3 on an H100: compute-bound",
-                 (*R.matmul_cost(8192, 8192, 8192, 2), P, W)),
+                 (*roofline_ref.matmul_cost(8192, 8192, 8192, 2), P, W)),
             Case("exactly at the ridge point", (2000.0, 100.0, 1000.0, 50.0)),
         ]
         if hidden:
-            g = torch.Generator().manual_seed(seed)
+            g = generator(seed)
             n = int(torch.randint(1, 64, (), generator=g))
             cases += [
-                Case("matrix-vector product on a T4", (*R.matmul_cost(4096, n, 4096, 2),
+                Case("matrix-vector product on a T4", (*roofline_ref.matmul_cost(4096, n, 4096, 2),
                                                       65e12, 320e9)),
                 Case("causal flash attention on an A100",
-                     (*R.attention_cost(4, 16, 8192, 64, 2, True), 312e12, 2.0e12)),
-                Case("a CPU: 1 TFLOP/s, 50 GB/s", (*R.matmul_cost(512, 512, 512, 4), 1e12, 50e9)),
+                     (*roofline_ref.attention_cost(4, 16, 8192, 64, 2, True), 312e12, 2.0e12)),
+                Case("a CPU: 1 TFLOP/s, 50 GB/s", (*roofline_ref.matmul_cost(512, 512, 512, 4), 1e12, 50e9)),
             ]
         return cases
 
@@ -398,10 +398,10 @@ class ChunkedAttention(Exercise):
     )
 
     def reference(self, q, k, v, causal=False, chunk_size=128):
-        return CA.chunked_attention(q, k, v, causal, chunk_size)
+        return chunked_ref.chunked_attention(q, k, v, causal, chunk_size)
 
     def cases(self, seed, hidden):
-        g = torch.Generator().manual_seed(seed)
+        g = generator(seed)
 
         def qkv(*shape, dtype=F32):
             return tuple((torch.randn(*shape, generator=g, dtype=F64)).to(dtype) for _ in range(3))
@@ -444,11 +444,11 @@ class MFU(Exercise):
                 "12 L T d, without halving for the causal mask.",
                 lambda t, N, L, T, d, P: (6 * N + 6 * L * T * d, t * (6 * N + 6 * L * T * d) / P)),
         Mistake("percent, not a fraction", "return MFU as a fraction (0.4), not a percentage.",
-                lambda t, N, L, T, d, P: (R.mfu(t, N, L, T, d, P)[0], 100 * R.mfu(t, N, L, T, d, P)[1])),
+                lambda t, N, L, T, d, P: (roofline_ref.mfu(t, N, L, T, d, P)[0], 100 * roofline_ref.mfu(t, N, L, T, d, P)[1])),
     )
 
     def reference(self, tokens_per_s, n_params, n_layer, seq_len, d_model, peak_flops):
-        return R.mfu(tokens_per_s, n_params, n_layer, seq_len, d_model, peak_flops)
+        return roofline_ref.mfu(tokens_per_s, n_params, n_layer, seq_len, d_model, peak_flops)
 
     def cases(self, seed, hidden):
         cases = [
@@ -457,7 +457,7 @@ class MFU(Exercise):
             Case("a tiny GPT on a CPU", (7.3e3, 462_336, 2, 128, 128, 1e11), rtol=1e-9, atol=0.0),
         ]
         if hidden:
-            g = torch.Generator().manual_seed(seed)
+            g = generator(seed)
             L = int(torch.randint(2, 48, (), generator=g))
             cases += [
                 Case("random depth, A100", (5e4, 12 * L * 1024**2, L, 2048, 1024, 312e12),

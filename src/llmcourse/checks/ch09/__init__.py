@@ -1,0 +1,3 @@
+"""Chapter 09, the GPU timing lab: one module per notebook."""
+
+from . import lab  # noqa: F401
