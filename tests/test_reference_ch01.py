@@ -191,7 +191,9 @@ def test_decode_replaces_partial_utf8():
 
 
 def test_benchmark_runs(capsys):
-    assert bpe.benchmark_train(n_bytes=20_000, num_merges=50) >= 0
+    from llmcourse.scripts.bpe_benchmark import benchmark_train
+
+    assert benchmark_train(n_bytes=20_000, num_merges=50) >= 0
     assert "BPE training" in capsys.readouterr().out
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmcourse.reference import chunked_attention as CA
-from llmcourse.reference import gpu_report as GR
+from llmcourse.scripts import gpu_report as GR
 from llmcourse.reference import roofline as R
 from llmcourse.reference import timing as TM
 from llmcourse.reference.gpt import GPT, GPTConfig

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llmcourse.data import corpus
-from llmcourse.data.checkpoints import PATH, TINY_GPT, tiny_gpt
+from llmcourse.pretrained import PATH, TINY_GPT, tiny_gpt
 from llmcourse.reference.gpt import GPT, GPTConfig
 from llmcourse.reference.training import (TrainConfig, cosine_lr, decode, encode, evaluate_lm,
                                           get_batch, lm_loss, train_lm)
@@ -100,5 +100,5 @@ def test_shipped_tiny_gpt_loads_and_scores_as_recorded():
     loss = evaluate_lm(model, valid, info["block_size"], max_windows=200)
     assert abs(loss - info["valid_loss"]) < 0.05, (loss, info)
     assert info["valid_loss"] < 1.0  # far below a byte-uniform 5.55 nats
-    with pytest.raises(FileNotFoundError, match="checkpoints"):
+    with pytest.raises(FileNotFoundError, match="llmcourse.pretrained"):
         tiny_gpt(PATH.with_name("missing.pt"))

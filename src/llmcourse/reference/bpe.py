@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import re
-import time
 from collections import Counter, defaultdict
 from functools import lru_cache
 
@@ -160,17 +159,3 @@ def to_huggingface(merges: list[Pair]) -> tuple[dict[str, int], list[tuple[str, 
     strings = ["".join(table[b] for b in token) for token in vocab(merges)]
     return ({s: i for i, s in enumerate(strings)},
             [(strings[a], strings[b]) for a, b in merges])
-
-
-def benchmark_train(n_bytes: int = 1_000_000, num_merges: int = 3840) -> float:
-    """Time :func:`train` on ``n_bytes`` of course text (half synthetic language, half
-    Python source), print and return the seconds. Not a test: a figure for the book."""
-    from ..data import corpus, python_stdlib
-
-    text = corpus(n_bytes // 2, seed=0)[: n_bytes // 2] + python_stdlib(n_bytes - n_bytes // 2)
-    start = time.perf_counter()
-    merges = train(text, num_merges)
-    seconds = time.perf_counter() - start
-    print(f"BPE training: {len(text.encode('utf-8')) / 1e6:.2f} MB, {len(merges)} merges "
-          f"in {seconds:.2f} s")
-    return seconds

@@ -11,7 +11,7 @@
 * :func:`prefix_lm_mask`: the attention mask of a prefix LM (UniLM, T5's prefix LM, GLM):
   bidirectional over the prefix, causal after it.
 * :func:`electra_replace` and :func:`electra_loss`: ELECTRA's replaced-token detection.
-* :func:`eval_windows`: consecutive evaluation windows of a token stream.
+* :func:`eval_windows` (defined in :mod:`.training`, its user): consecutive evaluation windows.
 
 Randomised functions take an explicit ``torch.Generator`` and document the exact draws they
 make, so the same generator state gives the same answer (that is how the course checks them).
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .training import eval_windows  # noqa: F401  (chapter 04's exercise; the trainer uses it)
 
 IGNORE_INDEX = -100  # PyTorch's and Hugging Face's default "do not score this label"
 
@@ -161,19 +163,3 @@ def electra_loss(gen_logits: torch.Tensor, mlm_labels: torch.Tensor, disc_logits
                                                  reduction="none")
     disc_loss = per_pos[attention_mask].mean()
     return gen_loss + disc_weight * disc_loss, gen_loss, disc_loss
-
-
-# ---------------------------------------------------------------------------------------
-# Evaluation batching
-
-def eval_windows(tokens: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive non-overlapping windows of a 1-D stream for evaluation.
-
-    n = (len(tokens) - 1) // block_size windows; x[k] = tokens[k*T : k*T + T] and
-    y[k] = tokens[k*T + 1 : k*T + T + 1] (T = block_size). Every token after the first is a
-    target exactly once, up to the leftover tail. Returns (x, y), each (n, T) int64.
-    """
-    n = (tokens.numel() - 1) // block_size
-    starts = torch.arange(n) * block_size
-    windows = tokens[starts[:, None] + torch.arange(block_size + 1)]
-    return windows[:, :-1], windows[:, 1:]

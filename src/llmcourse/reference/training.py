@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pretraining import eval_windows
-
 VOCAB_SIZE = 256  # one token per byte
 
 
@@ -57,6 +55,19 @@ def cosine_lr(step: int, max_lr: float, warmup_steps: int, total_steps: int,
         return min_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def eval_windows(tokens: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive non-overlapping windows of a 1-D stream for evaluation.
+
+    n = (len(tokens) - 1) // block_size windows; x[k] = tokens[k*T : k*T + T] and
+    y[k] = tokens[k*T + 1 : k*T + T + 1] (T = block_size). Every token after the first is a
+    target exactly once, up to the leftover tail. Returns (x, y), each (n, T) int64.
+    """
+    n = (tokens.numel() - 1) // block_size
+    starts = torch.arange(n) * block_size
+    windows = tokens[starts[:, None] + torch.arange(block_size + 1)]
+    return windows[:, :-1], windows[:, 1:]
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

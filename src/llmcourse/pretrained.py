@@ -1,10 +1,11 @@
 """The tiny GPT the course ships, pre-trained on the synthetic language (design section 5).
 
 Chapters 05-07 start from a pre-trained model without waiting for one to train: ``tiny_gpt()``
-loads ``tiny_gpt.pt`` that sits beside this module. It was made by this module's command,
-deterministically from the course's own data and seeds::
+loads ``llmcourse/data/tiny_gpt.pt`` (shipped data; this module, which builds it from the
+reference GPT and trainer, stays out of ``llmcourse.data``). It was made by this module's
+command, deterministically from the course's own data and seeds::
 
-    python -m llmcourse.data.checkpoints            # retrain and overwrite tiny_gpt.pt
+    python -m llmcourse.pretrained            # retrain and overwrite data/tiny_gpt.pt
 
 The model reads bytes (vocabulary 256, :mod:`llmcourse.reference.training`), and was trained
 on 2 MB of the synthetic language (seed 0) with AdamW, warm-up + cosine. The weights are
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from ..reference.gpt import GPT, GPTConfig
-from ..reference.training import TrainConfig, encode, evaluate_lm, train_lm
-from .synthetic import corpus
+from .data.synthetic import corpus
+from .reference.gpt import GPT, GPTConfig
+from .reference.training import TrainConfig, encode, evaluate_lm, train_lm
 
-PATH = Path(__file__).with_name("tiny_gpt.pt")
+PATH = Path(__file__).parent / "data" / "tiny_gpt.pt"
 TINY_GPT = GPTConfig(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128)
 TINY_TRAIN = TrainConfig(steps=800, batch_size=32, block_size=128, max_lr=3e-3, min_lr=3e-4,
                          warmup_steps=100, weight_decay=0.1, grad_clip=1.0, seed=0)
@@ -36,7 +37,7 @@ def tiny_gpt(path: str | Path | None = None) -> GPT:
     how it was trained and its validation loss (nats per byte)."""
     path = Path(path or PATH)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `python -m llmcourse.data.checkpoints`")
+        raise FileNotFoundError(f"{path} is missing: run `python -m llmcourse.pretrained`")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model = GPT(GPTConfig(**blob["config"]))
     model.load_state_dict({k: v.float() for k, v in blob["state"].items()})
@@ -65,7 +66,7 @@ def build(path: str | Path = PATH, steps: int | None = None, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llmcourse.data.checkpoints",
+    p = argparse.ArgumentParser(prog="python -m llmcourse.pretrained",
                                 description="retrain the shipped tiny GPT")
     p.add_argument("--out", type=Path, default=PATH)
     p.add_argument("--steps", type=int, help=f"training steps (default {TINY_TRAIN.steps})")

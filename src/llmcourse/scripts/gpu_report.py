@@ -1,9 +1,9 @@
 """Chapter 09: the whole GPU timing lab as one script, and the measurements the notebook reuses.
 
-    python -m llmcourse.reference.gpu_report --out DIR            # full sizes on a GPU
-    python -m llmcourse.reference.gpu_report --out DIR --small    # small sizes (CPU, ~1 min)
+    python -m llmcourse.scripts.gpu_report --out DIR            # full sizes on a GPU
+    python -m llmcourse.scripts.gpu_report --out DIR --small    # small sizes (CPU, ~1 min)
 
-Measures on the current device, with the course's own timer (:func:`..timing.time_fn`,
+Measures on the current device, with the course's own timer (:func:`llmcourse.reference.timing.time_fn`,
 or any timer with its signature passed as ``timer``): matmul FLOP/s per dtype against the
 listed peak, device-to-device copy bandwidth, attention (naive, SDPA, chunked: time and
 peak memory across sequence lengths), autocast speed and accuracy, a torch.compile fusion
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import chunked_attention as CA
-from . import roofline as R
-from .timing import time_fn
+from ..reference import chunked_attention as CA
+from ..reference import roofline as R
+from ..reference.timing import time_fn
 
 GiB = 2**30
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
@@ -290,8 +290,8 @@ def measure_compile(timer=time_fn, sizes: Sizes | None = None) -> list[dict]:
 def fuse_gpt(model):
     """Swap the reference GPT's hand-written attention and LayerNorm for PyTorch's fused
     kernels (F.scaled_dot_product_attention, F.layer_norm), in place; same weights, same math."""
-    from .gpt import CausalSelfAttention
-    from .transformer import LayerNorm
+    from ..reference.gpt import CausalSelfAttention
+    from ..reference.transformer import LayerNorm
 
     class FusedAttention(CausalSelfAttention):
         def forward(self, x, past=None):
@@ -322,7 +322,7 @@ def measure_gpt_step(timer=time_fn, sizes: Sizes | None = None, peak_flops: floa
 
     MFU uses :func:`..roofline.gpt_flops_per_token`; ``peak_flops`` defaults to the listed
     bf16 peak of the GPU (or the fp32 one without autocast), if known."""
-    from .gpt import GPT, GPTConfig
+    from ..reference.gpt import GPT, GPTConfig
 
     sizes = sizes or Sizes.small()
     dev = _device()
@@ -377,7 +377,7 @@ def measure_softmax(timer=time_fn, sizes: Sizes | None = None, kernel=None,
     """Effective bandwidth (2 rows cols s bytes / time) of eager, torch.softmax and a fused
     kernel (default: the reference Triton one when available) in bf16 on a GPU, float32 on
     a CPU. ``fraction_of_copy`` compares with the measured copy bandwidth if given."""
-    from . import triton_softmax as TS
+    from ..reference import triton_softmax as TS
 
     sizes = sizes or Sizes.small()
     dev = _device()
@@ -487,7 +487,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llmcourse.reference.gpu_report",
+    p = argparse.ArgumentParser(prog="python -m llmcourse.scripts.gpu_report",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for results.json/results.md")
     p.add_argument("--small", action="store_true", help="small sizes (CPU, about a minute)")
