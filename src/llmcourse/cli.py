@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("release", help="regenerate chapters/ from solutions/ (nbgrader)")
     r.add_argument("--to", type=Path, help="write the student notebooks here instead of chapters/")
     r.add_argument("--chapter", action="append", metavar="NN-name",
-                   help="release only this chapter (repeatable; default: all)")
+                   help="release only this chapter, or the page folder appendix (repeatable; default: all)")
     return p
 
 
