@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from llmcourse.checks import all_exercises, run
+from llmcourse.checks import CHAPTERS, all_exercises, run
 from llmcourse.grading import codec
 
 EXERCISES = all_exercises()
@@ -17,7 +17,14 @@ def ids(e):
 
 
 def test_every_chapter_has_exercises():
-    assert {e.id.split(".")[0] for e in EXERCISES} >= {"00"}
+    """Every chapter package under llmcourse/checks registers exercises, every exercise
+    belongs to one, and every chapter of the course (solutions/NN-slug) has its package."""
+    from conftest import chapter_names
+
+    assert CHAPTERS, "no chapter packages found"
+    assert {e.id.split(".")[0] for e in EXERCISES} == set(CHAPTERS)
+    numbered = {name[:2] for name in chapter_names() if name[:2].isdigit()}
+    assert set(CHAPTERS) == numbered, f"chapters without exercise specs: {numbered - set(CHAPTERS)}"
 
 
 @pytest.mark.parametrize("ex", EXERCISES, ids=ids)

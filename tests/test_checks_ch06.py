@@ -66,15 +66,15 @@ def objective_log_target(student_logits, teacher_logits, targets, T=2.0, alpha=0
     return alpha * T ** 2 * soft + (1 - alpha) * F.cross_entropy(s, targets.reshape(-1))
 
 
-@pytest.mark.parametrize("exid,fn", [
+@pytest.mark.parametrize("exercise_id,fn", [
     ("06.softmax_t", softmax_pow),
     ("06.kd_kl", kl_via_kl_div), ("06.kd_kl", kl_ce_minus_entropy), ("06.kd_kl", kl_float64),
     ("06.kd_loss", loss_own_ce),
     ("06.cosine", cosine_normalize),
     ("06.kd_objective", objective_log_target),
 ])
-def test_other_correct_implementations_pass(exid, fn):
-    ex = get(exid)
+def test_other_correct_implementations_pass(exercise_id, fn):
+    ex = get(exercise_id)
     for seed, hidden in ((None, False), (11, True), (12345, True)):
         # judged on behaviour only: these helpers use built-ins some specs forbid
         ex_rules, type(ex).rules = type(ex).rules, property(lambda self: ())
@@ -85,7 +85,7 @@ def test_other_correct_implementations_pass(exid, fn):
         assert r.status == "pass", str(r)
 
 
-@pytest.mark.parametrize("exid,name", [
+@pytest.mark.parametrize("exercise_id,name", [
     ("06.kd_kl", "KL direction reversed (student || teacher)"),
     ("06.kd_kl", "missing T^2"),
     ("06.kd_loss", "KL direction reversed (student || teacher)"),
@@ -94,8 +94,8 @@ def test_other_correct_implementations_pass(exid, fn):
     ("06.kd_objective", "reduction='batchmean' on 3-D logits"),
     ("06.kd_objective", "missing T^2"),
 ])
-def test_the_errata_mistakes_are_diagnosed(exid, name):
-    ex = get(exid)
+def test_the_errata_mistakes_are_diagnosed(exercise_id, name):
+    ex = get(exercise_id)
     mistake = next(m for m in ex.mistakes if m.name == name)
     r = run(ex, mistake.impl, hidden=True, seed=3)
     assert r.status == "fail" and r.diagnosis is mistake and name in str(r)

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmcourse.reference import attention as A
-from llmcourse.reference import gpt as G
+from llmcourse.reference import attention as attention_ref
+from llmcourse.reference import gpt as gpt_ref
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = ROOT / "solutions" / "02-attention"
@@ -86,15 +86,15 @@ def test_worked_example_through_the_notebook_answer(sdpa_nb):
 def test_notebook_mha_equals_torch_multihead_attention(multihead_nb):
     torch.manual_seed(0)
     theirs = randomize(nn.MultiheadAttention(24, 3, dropout=0.0, batch_first=True, dtype=F64), 1)
-    ours = A.load_mha_from_torch(multihead_nb["MultiHeadAttention"](24, 3).double(), theirs)
+    ours = attention_ref.load_mha_from_torch(multihead_nb["MultiHeadAttention"](24, 3).double(), theirs)
     g = torch.Generator().manual_seed(2)
     x, mem = torch.randn(2, 5, 24, generator=g, dtype=F64), torch.randn(2, 7, 24, generator=g, dtype=F64)
-    keep = A.padding_mask(torch.tensor([7, 2]), 7)
+    keep = attention_ref.padding_mask(torch.tensor([7, 2]), 7)
     with torch.no_grad():
         want, _ = theirs(x, mem, mem, key_padding_mask=~keep, need_weights=False)
         torch.testing.assert_close(ours(x, mem, keep[:, None, :]), want, rtol=1e-10, atol=1e-12)
-        want, _ = theirs(x, x, x, attn_mask=~A.causal_mask(5), need_weights=False)
-        torch.testing.assert_close(ours(x, mask=A.causal_mask(5)), want, rtol=1e-10, atol=1e-12)
+        want, _ = theirs(x, x, x, attn_mask=~attention_ref.causal_mask(5), need_weights=False)
+        torch.testing.assert_close(ours(x, mask=attention_ref.causal_mask(5)), want, rtol=1e-10, atol=1e-12)
 
 
 def test_notebook_layer_norm_and_ffn_equal_torch(multihead_nb):
@@ -121,13 +121,13 @@ def test_notebook_layers_equal_torch_transformer_layers(transformer_nb):
     dec = nb["copy_pytorch_weights"](nb["DecoderLayer"](16, 2, 24).double(), pt_dec)
     g = torch.Generator().manual_seed(7)
     src, tgt = torch.randn(3, 6, 16, generator=g, dtype=F64), torch.randn(3, 4, 16, generator=g, dtype=F64)
-    keep = A.padding_mask(torch.tensor([6, 3, 1]), 6)
+    keep = attention_ref.padding_mask(torch.tensor([6, 3, 1]), 6)
     with torch.no_grad():
-        mem_pt = pt_enc(src, src_mask=~A.causal_mask(6), src_key_padding_mask=~keep)
-        mem = enc(src, A.causal_mask(6) & keep[:, None, :])
+        mem_pt = pt_enc(src, src_mask=~attention_ref.causal_mask(6), src_key_padding_mask=~keep)
+        mem = enc(src, attention_ref.causal_mask(6) & keep[:, None, :])
         torch.testing.assert_close(mem, mem_pt, rtol=1e-10, atol=1e-10)
-        out_pt = pt_dec(tgt, mem_pt, tgt_mask=~A.causal_mask(4), memory_key_padding_mask=~keep)
-        out = dec(tgt, mem, A.causal_mask(4), keep[:, None, :])
+        out_pt = pt_dec(tgt, mem_pt, tgt_mask=~attention_ref.causal_mask(4), memory_key_padding_mask=~keep)
+        out = dec(tgt, mem, attention_ref.causal_mask(4), keep[:, None, :])
         torch.testing.assert_close(out, out_pt, rtol=1e-10, atol=1e-10)
 
 
@@ -139,7 +139,7 @@ def test_notebook_gpt_equals_hf_gpt2_and_generates_its_tokens(transformer_nb):
     hf = randomize(transformers.GPT2LMHeadModel(config).eval().double(), 8)
     nb = transformer_nb
     ours = nb["GPT"](nb["GPTConfig"](vocab_size=61, block_size=40, n_layer=2, n_head=4, n_embd=32))
-    ours = G.load_hf_gpt2_state(ours.double(), hf).eval()
+    ours = gpt_ref.load_hf_gpt2_state(ours.double(), hf).eval()
     idx = torch.randint(0, 61, (2, 40), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         want = hf(idx).logits

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from llmcourse.reference import attention as A
-from llmcourse.reference import gpt as G
-from llmcourse.reference import transformer as TR
+from llmcourse.reference import attention as attention_ref
+from llmcourse.reference import gpt as gpt_ref
+from llmcourse.reference import transformer as transformer_ref
 
 # The tensors here are tiny: with two pytest-xdist workers on two cores, one intra-op thread
 # per process is ~10x faster than two threads each spinning for the other's core.
@@ -51,7 +51,7 @@ def test_sdpa_matches_torch(lead, tq, tk, dk, dv, kind, seed):
             "random": random_mask(g, *lead, tq, tk)}[kind]
     if kind == "causal" and tk < tq:
         mask = None
-    ours = A.scaled_dot_product_attention(q, k, v, mask)
+    ours = attention_ref.scaled_dot_product_attention(q, k, v, mask)
     theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
@@ -60,8 +60,8 @@ def test_sdpa_float32_and_broadcast_leading_dims():
     g = torch.Generator().manual_seed(0)
     q = randn(g, 2, 3, 5, 8, dtype=torch.float32)
     k, v = randn(g, 1, 3, 7, 8, dtype=torch.float32), randn(g, 1, 3, 7, 4, dtype=torch.float32)
-    mask = A.padding_mask(torch.tensor([7, 3]), 7)[:, None, None, :]  # (B, 1, 1, T_k)
-    ours = A.scaled_dot_product_attention(q, k, v, mask)
+    mask = attention_ref.padding_mask(torch.tensor([7, 3]), 7)[:, None, None, :]  # (B, 1, 1, T_k)
+    ours = attention_ref.scaled_dot_product_attention(q, k, v, mask)
     assert ours.shape == (2, 3, 5, 4) and ours.dtype == torch.float32
     torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                                rtol=1e-5, atol=1e-6)
@@ -70,12 +70,12 @@ def test_sdpa_float32_and_broadcast_leading_dims():
 def test_attention_weights_are_distributions_and_respect_the_mask():
     g = torch.Generator().manual_seed(1)
     q, k = randn(g, 2, 5, 4), randn(g, 2, 5, 4)
-    mask = A.causal_mask(5) & A.padding_mask(torch.tensor([5, 3]), 5)[:, None, :]
-    w = A.attention_weights(q, k, mask)
+    mask = attention_ref.causal_mask(5) & attention_ref.padding_mask(torch.tensor([5, 3]), 5)[:, None, :]
+    w = attention_ref.attention_weights(q, k, mask)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 5, dtype=F64))
     assert (w[~mask.expand_as(w)] == 0).all()
     # masking before the softmax renormalises: the same as dropping the masked keys
-    torch.testing.assert_close(A.attention_weights(q[1, :3], k[1, :3], A.causal_mask(3)),
+    torch.testing.assert_close(attention_ref.attention_weights(q[1, :3], k[1, :3], attention_ref.causal_mask(3)),
                                w[1, :3, :3])
 
 
@@ -90,15 +90,15 @@ def test_the_sources_worked_example_corrected():
     X = torch.tensor([[.1, .2, .3, .4], [.5, .6, .7, .8], [.9, 1.0, 1.1, 1.2]], dtype=F64)
     W = torch.eye(4, 3, dtype=F64)
     Q, K, V = X @ W, X @ W, X @ W
-    out = A.scaled_dot_product_attention(Q, K, V)
+    out = attention_ref.scaled_dot_product_attention(Q, K, V)
     expected = torch.tensor([[0.53683267, 0.63683267, 0.73683267],
                              [0.60777379, 0.70777379, 0.80777379],
                              [0.67135919, 0.77135919, 0.87135919]], dtype=F64)
     torch.testing.assert_close(out, expected, rtol=0, atol=5e-9)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(Q, K, V))
-    # convex combination: inside V's per-column range, weights (rows of A) sum to one
+    # convex combination: inside V's per-column range, weights (rows of attention_ref) sum to one
     assert ((out >= V.min(0).values) & (out <= V.max(0).values)).all()
-    w = A.attention_weights(Q, K)
+    w = attention_ref.attention_weights(Q, K)
     torch.testing.assert_close(w @ V, out)
     assert (w > 0).all() and torch.allclose(w.sum(-1), torch.ones(3, dtype=F64))
     # the structure argument: every output row is V[0] + t * (1, 1, 1) with t in [0, 0.8]
@@ -113,12 +113,12 @@ def test_the_sources_worked_example_corrected():
 
 def test_causal_and_padding_masks():
     for T in (1, 2, 5):
-        m = A.causal_mask(T)
+        m = attention_ref.causal_mask(T)
         assert m.dtype == torch.bool and m.shape == (T, T)
         assert torch.equal(m, torch.tril(torch.ones(T, T)).bool())
         # PyTorch's additive mask: -inf where attention is NOT allowed
         assert torch.equal(m, ~nn.Transformer.generate_square_subsequent_mask(T).isinf())
-    p = A.padding_mask(torch.tensor([3, 1, 4]), 4)
+    p = attention_ref.padding_mask(torch.tensor([3, 1, 4]), 4)
     assert torch.equal(p, torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]).bool())
 
 
@@ -130,7 +130,7 @@ def torch_mha(d, h, g, dtype=F64):
     with torch.no_grad():
         for p in mha.parameters():
             p.copy_(randn(g, *p.shape, dtype=dtype, scale=0.5))
-    return mha, A.load_mha_from_torch(A.MultiHeadAttention(d, h).to(dtype), mha).eval()
+    return mha, attention_ref.load_mha_from_torch(attention_ref.MultiHeadAttention(d, h).to(dtype), mha).eval()
 
 
 @FAST
@@ -141,7 +141,7 @@ def test_mha_matches_torch_cross_attention_with_key_padding(b, t, s, h, dh, seed
     mha, ours = torch_mha(h * dh, h, g)
     x, mem = randn(g, b, t, h * dh), randn(g, b, s, h * dh)
     lengths = torch.randint(1, s + 1, (b,), generator=g)
-    keep = A.padding_mask(lengths, s)  # True = real token
+    keep = attention_ref.padding_mask(lengths, s)  # True = real token
     with torch.no_grad():
         theirs, _ = mha(x, mem, mem, key_padding_mask=~keep, need_weights=False)
         got = ours(x, mem, keep[:, None, :])
@@ -153,8 +153,8 @@ def test_mha_matches_torch_self_attention_causal_float32_and_unbatched():
     mha, ours = torch_mha(12, 3, g, dtype=torch.float32)
     x = randn(g, 2, 6, 12, dtype=torch.float32)
     with torch.no_grad():
-        theirs, _ = mha(x, x, x, attn_mask=~A.causal_mask(6), need_weights=False)
-        torch.testing.assert_close(ours(x, mask=A.causal_mask(6)), theirs, rtol=1e-5, atol=1e-6)
+        theirs, _ = mha(x, x, x, attn_mask=~attention_ref.causal_mask(6), need_weights=False)
+        torch.testing.assert_close(ours(x, mask=attention_ref.causal_mask(6)), theirs, rtol=1e-5, atol=1e-6)
         # unbatched (T, d) input
         theirs1, _ = mha(x[0], x[0], x[0], need_weights=False)
         torch.testing.assert_close(ours(x[0]), theirs1, rtol=1e-5, atol=1e-6)
@@ -162,10 +162,10 @@ def test_mha_matches_torch_self_attention_causal_float32_and_unbatched():
 
 def test_split_and_merge_heads_are_inverse_and_split_the_feature_axis():
     x = torch.arange(2 * 3 * 8, dtype=F64).reshape(2, 3, 8)
-    s = A.split_heads(x, 4)
+    s = attention_ref.split_heads(x, 4)
     assert s.shape == (2, 4, 3, 2)
     assert torch.equal(s[1, 2, 0], x[1, 0, 4:6])  # head 2 of token 0 owns features 4:6
-    assert torch.equal(A.merge_heads(s), x)
+    assert torch.equal(attention_ref.merge_heads(s), x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,14 +173,14 @@ def test_split_and_merge_heads_are_inverse_and_split_the_feature_axis():
 
 def test_sinusoidal_closed_form():
     T, d = 50, 16
-    pe = A.sinusoidal_positions(T, d, dtype=F64)
+    pe = attention_ref.sinusoidal_positions(T, d, dtype=F64)
     for p in (0, 1, 7, 49):
         for i in range(d // 2):
             angle = p / 10000 ** (2 * i / d)
             assert math.isclose(pe[p, 2 * i].item(), math.sin(angle), abs_tol=1e-12)
             assert math.isclose(pe[p, 2 * i + 1].item(), math.cos(angle), abs_tol=1e-12)
     assert torch.equal(pe[0], torch.tensor([0.0, 1.0] * (d // 2), dtype=F64))
-    assert A.sinusoidal_positions(T, d).dtype == torch.float32
+    assert attention_ref.sinusoidal_positions(T, d).dtype == torch.float32
     # PE[p + k] = PE[p] @ M_k, one fixed 2x2 rotation per frequency (the paper's motivation)
     k = 5
     M = torch.zeros(d, d, dtype=F64)
@@ -192,7 +192,7 @@ def test_sinusoidal_closed_form():
 
 
 def test_learned_positions_is_a_lookup():
-    lp = A.LearnedPositions(10, 4)
+    lp = attention_ref.LearnedPositions(10, 4)
     pos = torch.tensor([[0, 3], [9, 9]])
     assert torch.equal(lp(pos), lp.weight[pos])
     assert lp.weight.requires_grad
@@ -214,15 +214,15 @@ def test_rope_closed_form(lead, t, half, offset, base, seed):
     g = torch.Generator().manual_seed(seed)
     x = randn(g, *lead, t, 2 * half)
     pos = torch.arange(offset, offset + t)
-    torch.testing.assert_close(A.apply_rope(x, pos, base), rope_by_complex_numbers(x, pos, base),
+    torch.testing.assert_close(attention_ref.apply_rope(x, pos, base), rope_by_complex_numbers(x, pos, base),
                                rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(A.apply_rope(x, base=base), rope_by_complex_numbers(x, pos - offset, base))
-    torch.testing.assert_close(A.apply_rope(x, pos, base).norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(attention_ref.apply_rope(x, base=base), rope_by_complex_numbers(x, pos - offset, base))
+    torch.testing.assert_close(attention_ref.apply_rope(x, pos, base).norm(dim=-1), x.norm(dim=-1))
 
 
 def test_rope_d2_is_a_rotation_by_the_position():
     x = torch.tensor([[1.0, 0.0]] * 4, dtype=F64)
-    out = A.apply_rope(x, torch.tensor([0, 1, 2, 3]))
+    out = attention_ref.apply_rope(x, torch.tensor([0, 1, 2, 3]))
     m = torch.arange(4, dtype=F64)
     torch.testing.assert_close(out, torch.stack([m.cos(), m.sin()], dim=-1))
 
@@ -235,7 +235,7 @@ def test_rope_scores_depend_only_on_relative_position(half, m, n, shift, seed):
     q, k = randn(g, 1, 2 * half), randn(g, 1, 2 * half)
 
     def score(a, b):
-        return (A.apply_rope(q, torch.tensor([a])) * A.apply_rope(k, torch.tensor([b]))).sum()
+        return (attention_ref.apply_rope(q, torch.tensor([a])) * attention_ref.apply_rope(k, torch.tensor([b]))).sum()
 
     torch.testing.assert_close(score(m, n), score(m + shift, n + shift), rtol=1e-9, atol=1e-9)
     if m >= n:
@@ -252,15 +252,15 @@ def test_rope_scores_depend_only_on_relative_position(half, m, n, shift, seed):
 def test_layer_norm_matches_torch(shape, d, eps, scale, seed):
     g = torch.Generator().manual_seed(seed)
     x, w, b = randn(g, *shape, d, scale=scale), randn(g, d), randn(g, d)
-    torch.testing.assert_close(TR.layer_norm(x, w, b, eps), F.layer_norm(x, (d,), w, b, eps),
+    torch.testing.assert_close(transformer_ref.layer_norm(x, w, b, eps), F.layer_norm(x, (d,), w, b, eps),
                                rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(TR.layer_norm(x, eps=eps), F.layer_norm(x, (d,), eps=eps),
+    torch.testing.assert_close(transformer_ref.layer_norm(x, eps=eps), F.layer_norm(x, (d,), eps=eps),
                                rtol=1e-9, atol=1e-9)
 
 
 def test_layer_norm_module_matches_nn_layernorm():
     torch.manual_seed(0)
-    ours, theirs = TR.LayerNorm(6), nn.LayerNorm(6)
+    ours, theirs = transformer_ref.LayerNorm(6), nn.LayerNorm(6)
     with torch.no_grad():
         theirs.weight.normal_(), theirs.bias.normal_()
         ours.weight.copy_(theirs.weight), ours.bias.copy_(theirs.bias)
@@ -273,7 +273,7 @@ def test_layer_norm_module_matches_nn_layernorm():
 def test_feed_forward_matches_linear_act_linear(activation, module):
     torch.manual_seed(1)
     seq = nn.Sequential(nn.Linear(8, 20), module, nn.Linear(20, 8)).double()
-    ffn = TR.FeedForward(8, 20, activation).double()
+    ffn = transformer_ref.FeedForward(8, 20, activation).double()
     ffn.load_state_dict({"linear1.weight": seq[0].weight, "linear1.bias": seq[0].bias,
                          "linear2.weight": seq[2].weight, "linear2.bias": seq[2].bias})
     x = torch.randn(2, 5, 8, dtype=F64)
@@ -287,7 +287,7 @@ def randomize(module, g, scale=0.3):
         for p in module.parameters():
             p.copy_(randn(g, *p.shape, dtype=p.dtype, scale=scale))
         for m in module.modules():
-            if isinstance(m, (nn.LayerNorm, TR.LayerNorm)):
+            if isinstance(m, (nn.LayerNorm, transformer_ref.LayerNorm)):
                 m.weight.add_(1.0), m.bias.mul_(0.1)
     return module
 
@@ -299,14 +299,14 @@ def test_encoder_layer_matches_torch_post_ln(dtype, tol):
     theirs = nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, activation="relu", batch_first=True,
                                         norm_first=False, dtype=dtype)
     randomize(theirs, g).eval()
-    ours = TR.load_from_torch(TR.EncoderLayer(d, h, ff).to(dtype), theirs).eval()
+    ours = transformer_ref.load_from_torch(transformer_ref.EncoderLayer(d, h, ff).to(dtype), theirs).eval()
     x = randn(g, B, T, d, dtype=dtype)
-    keep = A.padding_mask(torch.tensor([7, 4, 1]), T)
+    keep = attention_ref.padding_mask(torch.tensor([7, 4, 1]), T)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=tol, atol=tol)
         # causal + key padding (train() disables PyTorch's fused inference fast path)
-        want = theirs.train()(x, src_mask=~A.causal_mask(T), src_key_padding_mask=~keep)
-        got = ours(x, A.causal_mask(T) & keep[:, None, :])
+        want = theirs.train()(x, src_mask=~attention_ref.causal_mask(T), src_key_padding_mask=~keep)
+        got = ours(x, attention_ref.causal_mask(T) & keep[:, None, :])
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
@@ -317,12 +317,12 @@ def test_decoder_layer_matches_torch_post_ln(dtype, tol):
     theirs = nn.TransformerDecoderLayer(d, h, ff, dropout=0.0, activation="relu", batch_first=True,
                                         norm_first=False, dtype=dtype)
     randomize(theirs, g).eval()
-    ours = TR.load_from_torch(TR.DecoderLayer(d, h, ff).to(dtype), theirs).eval()
+    ours = transformer_ref.load_from_torch(transformer_ref.DecoderLayer(d, h, ff).to(dtype), theirs).eval()
     x, mem = randn(g, B, T, d, dtype=dtype), randn(g, B, S, d, dtype=dtype)
-    mem_keep = A.padding_mask(torch.tensor([6, 2]), S)
+    mem_keep = attention_ref.padding_mask(torch.tensor([6, 2]), S)
     with torch.no_grad():
-        want = theirs(x, mem, tgt_mask=~A.causal_mask(T), memory_key_padding_mask=~mem_keep)
-        got = ours(x, mem, A.causal_mask(T), mem_keep[:, None, :])
+        want = theirs(x, mem, tgt_mask=~attention_ref.causal_mask(T), memory_key_padding_mask=~mem_keep)
+        got = ours(x, mem, attention_ref.causal_mask(T), mem_keep[:, None, :])
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
@@ -357,7 +357,7 @@ def test_gpt_equals_hf_gpt2_logits_and_greedy_generation():
     without the KV cache, and HF's generate(), give the same tokens."""
     hf = hf_gpt2(pytest.importorskip("transformers"))
     idx = torch.randint(0, 50, (3, 32), generator=torch.Generator().manual_seed(8))
-    ours = G.from_hf(hf)
+    ours = gpt_ref.from_hf(hf)
     assert ours.lm_head.weight is ours.transformer.wte.weight
     with torch.no_grad():
         want, got = hf(idx).logits, ours(idx)
@@ -374,7 +374,7 @@ def test_gpt_equals_hf_gpt2_logits_and_greedy_generation():
     assert torch.equal(cached, theirs)
 
     hf64 = hf.double()
-    ours64 = G.from_hf(hf64)
+    ours64 = gpt_ref.from_hf(hf64)
     with torch.no_grad():
         torch.testing.assert_close(ours64(idx), hf64(idx).logits, rtol=1e-12, atol=1e-12)
     assert torch.equal(ours64.generate(prompt, 12, use_cache=True),
@@ -391,8 +391,8 @@ def test_rope_matches_hf_llama_rotary():
     pos = torch.arange(20, 29)[None].expand(2, 9)
     cos, sin = rotary(q, pos)
     hq, hk = llama.apply_rotary_pos_emb(q, k, cos, sin)
-    torch.testing.assert_close(A.apply_rope(q, pos[:, None, :]), hq, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(A.apply_rope(k, pos[:, None, :]), hk, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attention_ref.apply_rope(q, pos[:, None, :]), hq, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attention_ref.apply_rope(k, pos[:, None, :]), hk, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_rope_matches_hf_llama_rotary():
 
 def test_gpt_kv_cache_logits_equal_full_forward():
     torch.manual_seed(11)
-    model = G.GPT(G.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=16)).double()
+    model = gpt_ref.GPT(gpt_ref.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=16)).double()
     randomize(model, torch.Generator().manual_seed(12), scale=0.3).eval()
     idx = torch.randint(0, 40, (2, 10))
     with torch.no_grad():

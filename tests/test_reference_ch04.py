@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmcourse.reference import attention as A
-from llmcourse.reference import optim as O
-from llmcourse.reference import pretraining as P
-from llmcourse.reference import training as TR
+from llmcourse.reference import attention as attention_ref
+from llmcourse.reference import optim as optim_ref
+from llmcourse.reference import pretraining as pretraining_ref
+from llmcourse.reference import training as training_ref
 
 F64 = torch.float64
 
@@ -42,7 +42,7 @@ def test_causal_lm_loss_matches_pytorch_and_hf():
     labels = torch.randint(0, 11, (3, 7), generator=g)
     labels[0, 4:] = -100
     labels[2, :2] = -100
-    ours = P.causal_lm_loss(logits, labels)
+    ours = pretraining_ref.causal_lm_loss(logits, labels)
     torch_ = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
     hf = ForCausalLMLoss(logits, labels, vocab_size=11)
     torch.testing.assert_close(ours, torch_)
@@ -52,7 +52,7 @@ def test_causal_lm_loss_matches_pytorch_and_hf():
 def test_causal_lm_loss_uniform_is_log_v_and_custom_ignore():
     logits = torch.zeros(2, 5, 13, dtype=F64)
     labels = torch.tensor([[1, 2, 3, 4, 5], [7, 7, -1, -1, -1]])
-    assert math.isclose(P.causal_lm_loss(logits, labels, ignore_index=-1).item(), math.log(13))
+    assert math.isclose(pretraining_ref.causal_lm_loss(logits, labels, ignore_index=-1).item(), math.log(13))
 
 
 # --- masked LM -----------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def test_mask_tokens_equals_huggingface_collator(seed):
     collator = DataCollatorForLanguageModeling(tokenizer=_Tok(30, 3), mlm_probability=0.15)
     collator.generator = torch.Generator().manual_seed(seed)
     hf_inputs, hf_labels = collator.torch_mask_tokens(ids.clone(), special_tokens_mask=special.clone())
-    inputs, labels = P.mask_tokens(ids, special, 3, 30, torch.Generator().manual_seed(seed))
+    inputs, labels = pretraining_ref.mask_tokens(ids, special, 3, 30, torch.Generator().manual_seed(seed))
     assert torch.equal(inputs, hf_inputs) and torch.equal(labels, hf_labels)
 
 
@@ -96,7 +96,7 @@ def test_mask_tokens_proportions():
     ids = torch.randint(5, V, (400, 500), generator=g)
     special = torch.rand(ids.shape, generator=g) < 0.1
     ids[special] = 1
-    inputs, labels = P.mask_tokens(ids, special, mask_id, V, g)
+    inputs, labels = pretraining_ref.mask_tokens(ids, special, mask_id, V, g)
     selected = labels != -100
     assert not (selected & special).any(), "a special token was selected"
     assert torch.equal(labels[selected], ids[selected])
@@ -136,7 +136,7 @@ def _nsp_loop(doc_ids, g):
 def test_nsp_pairs_equal_a_plain_loop():
     doc_ids = torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 5, 5])
     for seed in range(5):
-        a, b, y = P.nsp_pairs(doc_ids, torch.Generator().manual_seed(seed))
+        a, b, y = pretraining_ref.nsp_pairs(doc_ids, torch.Generator().manual_seed(seed))
         la, lb, ly = _nsp_loop(doc_ids, torch.Generator().manual_seed(seed))
         assert a.tolist() == la and b.tolist() == lb and y.tolist() == ly
         assert a.dtype == b.dtype == y.dtype == torch.int64
@@ -150,7 +150,7 @@ def test_nsp_pairs_statistics():
     n_next = n_pairs = 0
     a_of_doc5 = []
     for _ in range(4000):
-        a, b, y = P.nsp_pairs(doc_ids, g)
+        a, b, y = pretraining_ref.nsp_pairs(doc_ids, g)
         assert torch.equal(doc_ids[a[y == 1]], doc_ids[b[y == 1]]) and torch.equal(b[y == 1], a[y == 1] + 1)
         assert (doc_ids[a[y == 0]] != doc_ids[b[y == 0]]).all()
         n_next += int(y.sum())
@@ -168,9 +168,9 @@ def test_nsp_pairs_statistics():
 
 def test_prefix_lm_mask_closed_form_and_limits():
     T = 6
-    m = P.prefix_lm_mask(T, torch.tensor([0, 3, 6]))
+    m = pretraining_ref.prefix_lm_mask(T, torch.tensor([0, 3, 6]))
     assert m.shape == (3, T, T) and m.dtype == torch.bool
-    assert torch.equal(m[0], A.causal_mask(T))
+    assert torch.equal(m[0], attention_ref.causal_mask(T))
     assert m[2].all()
     for i in range(T):
         for j in range(T):
@@ -181,16 +181,16 @@ def test_prefix_is_bidirectional_and_suffix_cannot_leak():
     g = torch.Generator().manual_seed(0)
     T, P_len, d = 8, 3, 4
     q, k, v = (torch.randn(T, d, generator=g, dtype=F64) for _ in range(3))
-    mask = P.prefix_lm_mask(T, torch.tensor([P_len]))[0]
-    out = A.scaled_dot_product_attention(q, k, v, mask)
+    mask = pretraining_ref.prefix_lm_mask(T, torch.tensor([P_len]))[0]
+    out = attention_ref.scaled_dot_product_attention(q, k, v, mask)
     k2, v2 = k.clone(), v.clone()
     k2[P_len:] += 1.0
     v2[P_len:] -= 2.0  # change everything after the prefix
-    out2 = A.scaled_dot_product_attention(q, k2, v2, mask)
+    out2 = attention_ref.scaled_dot_product_attention(q, k2, v2, mask)
     torch.testing.assert_close(out[:P_len], out2[:P_len])  # prefix never sees the suffix
     k3 = k.clone()
     k3[P_len - 1] += 1.0  # the last prefix token changes: the first token must notice
-    assert not torch.allclose(A.scaled_dot_product_attention(q, k3, v, mask)[0], out[0])
+    assert not torch.allclose(attention_ref.scaled_dot_product_attention(q, k3, v, mask)[0], out[0])
 
 
 # --- ELECTRA -------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_electra_sampling_follows_the_generator_softmax():
     n = 40000
     ids = torch.zeros(1, n, dtype=torch.long)
     masked = torch.ones(1, n, dtype=torch.bool)
-    corrupted, labels = P.electra_replace(ids, masked, logits.expand(1, n, V), g)
+    corrupted, labels = pretraining_ref.electra_replace(ids, masked, logits.expand(1, n, V), g)
     counts = torch.bincount(corrupted[0], minlength=V).double()
     assert chi2_ok(counts, torch.softmax(logits, -1))
     assert torch.equal(labels, (corrupted != 0).long())
@@ -214,11 +214,11 @@ def test_electra_replace_only_masked_positions_and_label_semantics():
     masked = torch.rand(3, 9, generator=g) < 0.5
     logits = torch.full((3, 9, 5), -30.0)
     logits.scatter_(-1, ids.unsqueeze(-1), 30.0)  # the generator is sure of the original
-    corrupted, labels = P.electra_replace(ids, masked, logits, g)
+    corrupted, labels = pretraining_ref.electra_replace(ids, masked, logits, g)
     assert torch.equal(corrupted, ids) and not labels.any()  # sampled == original: label 0
     logits2 = torch.full((3, 9, 5), -30.0)
     logits2.scatter_(-1, ((ids + 1) % 5).unsqueeze(-1), 30.0)
-    corrupted, labels = P.electra_replace(ids, masked, logits2, g)
+    corrupted, labels = pretraining_ref.electra_replace(ids, masked, logits2, g)
     assert torch.equal(labels.bool(), masked)
     assert torch.equal(corrupted[~masked], ids[~masked])
 
@@ -233,7 +233,7 @@ def test_electra_loss_closed_form():
     disc_labels = torch.randint(0, 2, (B, T), generator=g)
     attn = torch.ones(B, T, dtype=torch.bool)
     attn[1, 5] = False
-    total, gl, dl = P.electra_loss(gen_logits, mlm, disc_logits, disc_labels, attn)
+    total, gl, dl = pretraining_ref.electra_loss(gen_logits, mlm, disc_logits, disc_labels, attn)
     lp = torch.log_softmax(gen_logits, -1)
     gen = -(lp[0, 1, 4] + lp[1, 3, 0] + lp[1, 4, 8]) / 3
     z, y = disc_logits[attn], disc_labels[attn].double()
@@ -271,7 +271,7 @@ def _run(opt_cls, dtype, steps=100, **kw):
                                 dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.5),
                                 dict()])
 def test_adamw_matches_torch_over_100_steps(dtype, tol, kw):
-    ours = _run(O.AdamW, dtype, **kw)
+    ours = _run(optim_ref.AdamW, dtype, **kw)
     theirs = _run(torch.optim.AdamW, dtype, **kw)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
@@ -279,13 +279,13 @@ def test_adamw_matches_torch_over_100_steps(dtype, tol, kw):
 
 def test_adamw_decay_alone_is_geometric_and_differs_from_adam_l2():
     p = torch.tensor([1.0, -2.0], dtype=F64, requires_grad=True)
-    opt = O.AdamW([p], lr=0.1, weight_decay=0.5)
+    opt = optim_ref.AdamW([p], lr=0.1, weight_decay=0.5)
     for _ in range(10):
         p.grad = torch.zeros_like(p)
         opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([1.0, -2.0], dtype=F64) * 0.95 ** 10)
     # Adam with L2 (torch.optim.Adam's weight_decay) is a different optimiser
-    assert not torch.allclose(_run(O.AdamW, F64, weight_decay=0.5)[0],
+    assert not torch.allclose(_run(optim_ref.AdamW, F64, weight_decay=0.5)[0],
                               _run(torch.optim.Adam, F64, weight_decay=0.5)[0])
 
 
@@ -297,7 +297,7 @@ def test_clip_grad_norm_matches_torch(max_norm):
     for p, gr in zip(params, grads):
         p.grad = gr.clone()
     total_torch = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    clipped, total = O.clip_grad_norm(grads, max_norm)
+    clipped, total = optim_ref.clip_grad_norm(grads, max_norm)
     torch.testing.assert_close(total, total_torch)
     for p, c in zip(params, clipped):
         torch.testing.assert_close(c, p.grad)
@@ -313,20 +313,20 @@ def test_cosine_lr_matches_torch_cosine_annealing_after_warmup():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm, eta_min=min_lr)
     for step in range(warm, total + 1):
-        assert math.isclose(TR.cosine_lr(step, max_lr, warm, total, min_lr),
+        assert math.isclose(training_ref.cosine_lr(step, max_lr, warm, total, min_lr),
                             opt.param_groups[0]["lr"], rel_tol=1e-9, abs_tol=1e-12)
         opt.step()
         sched.step()
-    assert [TR.cosine_lr(s, max_lr, warm, total, min_lr) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
-    assert TR.cosine_lr(total + 5, max_lr, warm, total, min_lr) == min_lr
+    assert [training_ref.cosine_lr(s, max_lr, warm, total, min_lr) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert training_ref.cosine_lr(total + 5, max_lr, warm, total, min_lr) == min_lr
 
 
 def test_get_batch_windows_and_eval_windows():
     tokens = torch.arange(1000)
-    x, y = TR.get_batch(tokens, 16, 8, torch.Generator().manual_seed(0))
+    x, y = training_ref.get_batch(tokens, 16, 8, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (16, 8)
     assert torch.equal(y, x + 1) and torch.equal(x[:, 1:], x[:, :-1] + 1)
-    x, y = P.eval_windows(tokens, 64)
+    x, y = pretraining_ref.eval_windows(tokens, 64)
     assert x.shape == (15, 64) and torch.equal(x.flatten(), tokens[:960]) and torch.equal(y, x + 1)
 
 
@@ -340,7 +340,7 @@ def test_eval_windows_give_evaluate_lm():
             return self.table[idx]
 
     model = Bigram()
-    tokens = TR.encode("the cat sat on the mat. " * 40)
-    x, y = P.eval_windows(tokens, 32)
+    tokens = training_ref.encode("the cat sat on the mat. " * 40)
+    x, y = pretraining_ref.eval_windows(tokens, 32)
     mine = F.cross_entropy(model(x).reshape(-1, 256), y.reshape(-1)).item()
-    assert math.isclose(mine, TR.evaluate_lm(model, tokens, 32, batch_size=4), rel_tol=1e-6)
+    assert math.isclose(mine, training_ref.evaluate_lm(model, tokens, 32, batch_size=4), rel_tol=1e-6)
