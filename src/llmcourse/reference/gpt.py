@@ -115,18 +115,8 @@ class GPT(nn.Module):
         """idx: (B, T) int64. With ``past`` (one (k, v) per layer) idx holds only the new
         tokens and their positions continue after the cached ones. Returns logits
         (B, T, vocab), or (logits, cache) when ``use_cache`` is True."""
-        T_past = 0 if past is None else past[0][0].shape[-2]
-        T = idx.shape[-1]
-        if T_past + T > self.config.block_size:
-            raise ValueError(f"sequence of {T_past + T} tokens is longer than block_size="
-                             f"{self.config.block_size}")
-        pos = torch.arange(T_past, T_past + T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        cache = []
-        for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past is None else past[i])
-            cache.append(present)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        h, cache = hidden_states(self, idx, past, use_cache=True)
+        logits = self.lm_head(h)
         return (logits, cache) if use_cache else logits
 
     @torch.no_grad()
@@ -149,14 +139,27 @@ class GPT(nn.Module):
         return idx
 
 
-def hidden_states(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+def hidden_states(model: GPT, idx: torch.Tensor, past: list[KV] | None = None,
+                  use_cache: bool = False):
     """The final hidden states (after ``ln_f``, what the tied output layer reads; Hugging
-    Face's ``hidden_states[-1]`` for GPT-2) of the course's GPT: (B, T) -> (B, T, C)."""
+    Face's ``hidden_states[-1]`` for GPT-2) of the course's GPT: (B, T) -> (B, T, C).
+
+    This is the GPT's own forward pass (``GPT.forward`` applies ``lm_head`` to it). With
+    ``past`` (one (k, v) per layer) idx holds only the new tokens; with ``use_cache`` it
+    returns (hidden, cache)."""
+    T_past = 0 if past is None else past[0][0].shape[-2]
+    T = idx.shape[-1]
+    if T_past + T > model.config.block_size:
+        raise ValueError(f"sequence of {T_past + T} tokens is longer than block_size="
+                         f"{model.config.block_size}")
     tr = model.transformer
-    x = tr.wte(idx) + tr.wpe(torch.arange(idx.shape[-1], device=idx.device))
-    for block in tr.h:
-        x, _ = block(x)
-    return tr.ln_f(x)
+    x = tr.wte(idx) + tr.wpe(torch.arange(T_past, T_past + T, device=idx.device))
+    cache = []
+    for i, block in enumerate(tr.h):
+        x, present = block(x, None if past is None else past[i])
+        cache.append(present)
+    x = tr.ln_f(x)
+    return (x, cache) if use_cache else x
 
 
 # ---------------------------------------------------------------------------------------
