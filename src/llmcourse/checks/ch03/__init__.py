@@ -1,0 +1,3 @@
+"""Chapter 03, efficient Transformers: one module per notebook."""
+
+from . import flash, modern_block, primer, search  # noqa: F401
