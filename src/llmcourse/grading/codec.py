@@ -48,5 +48,5 @@ def load(path, cap: int = protocol.MAX_OUTPUTS_BYTES) -> tuple[dict[str, np.ndar
     return protocol.load(path, cap)
 
 
-def loads(data: bytes) -> tuple[dict[str, np.ndarray], object]:
-    return protocol.loads(data)
+def loads(data: bytes, cap: int = protocol.MAX_OUTPUTS_BYTES) -> tuple[dict[str, np.ndarray], object]:
+    return protocol.loads(data, cap)

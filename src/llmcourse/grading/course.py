@@ -41,7 +41,7 @@ def chapters(root: Path) -> list[str]:
 
 def nbgrader_config(root: Path, course_dir: Path | None = None, release_dir: Path | None = None,
                     *, cell_timeout: int = 30, notebook_timeout: int = 600, memory: str = "4G",
-                    verify_dir: str = "", allow_network: bool = False) -> Config:
+                    verify_dir: str = "", unsafe: bool = False) -> Config:
     course_dir = Path(course_dir or root / "autograder").resolve()
     c = Config()
     c.CourseDirectory.course_id = "llmcourse"
@@ -56,9 +56,10 @@ def nbgrader_config(root: Path, course_dir: Path | None = None, release_dir: Pat
     c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
-    # Grading: restore deleted test cells, sandboxed kernel, limits, verification.
+    # Grading: restore deleted test cells, the notebook in a sandbox, limits, verification.
+    # Without verify_dir (plain `nbgrader autograde`) SafeExecute refuses in one line.
     c.OverwriteCells.add_missing_cells = True
-    from .execute import SafeExecute, SandboxKernelManager, StripHiddenTests  # noqa: F401
+    from .execute import SafeExecute, StripHiddenTests  # noqa: F401
 
     from nbgrader.converters.autograde import Autograde
     from nbgrader.converters.generate_feedback import GenerateFeedback
@@ -69,9 +70,8 @@ def nbgrader_config(root: Path, course_dir: Path | None = None, release_dir: Pat
     c.SafeExecute.timeout = cell_timeout
     c.SafeExecute.notebook_timeout = notebook_timeout
     c.SafeExecute.verify_dir = verify_dir
-    c.SafeExecute.kernel_manager_class = SandboxKernelManager
-    c.SandboxKernelManager.memory_limit = memory
-    c.SandboxKernelManager.allow_network = allow_network
+    c.SafeExecute.memory = memory
+    c.SafeExecute.unsafe = unsafe
     c.LimitOutput.max_lines = 200
     c.LimitOutput.max_traceback = 20
     c.GenerateFeedback.preprocessors = (

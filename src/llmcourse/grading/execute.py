@@ -1,134 +1,152 @@
-"""nbgrader plug-ins: a sandboxed kernel, a guarded Execute step and feedback without leaks.
+"""nbgrader plug-ins: the sandboxed Execute step and feedback without leaks.
 
-* :class:`SandboxKernelManager` starts the kernel through :mod:`llmcourse.grading.sandbox`
-  (memory and file-size limits, no network) over IPC sockets, so an empty network
-  namespace does not cut the grader off from its kernel.
-* :class:`SafeExecute` replaces nbgrader's ``Execute``: a per-cell time limit (nbgrader's
-  ``timeout``), a whole-notebook time limit (cells after it are skipped with a clear error),
-  a cap on each cell's output while it streams in, and - after the learner's cells - one
-  extra cell that runs each exercise on inputs the grader generated, writing the raw
-  outputs to a file that the grader compares outside the kernel.
+* :class:`SafeExecute` replaces nbgrader's ``Execute``. It never starts a kernel in the
+  grader: it writes the notebook and its limits into a job folder, runs the whole execution
+  (kernel included) inside the sandbox (:mod:`.sandbox`, :mod:`.runner`) and takes back only
+  the cells' outputs - read as hostile input: a regular file, size-capped, validated. The
+  per-cell time limit is nbgrader's ``timeout``; the notebook has a whole-run limit; each
+  cell's output is capped while it streams in. After the learner's cells the sandbox runs
+  each exercise on the grader's hidden inputs and writes the raw outputs to a file that the
+  grader judges outside the sandbox.
+* Run without ``llmcourse grade`` (plain ``nbgrader autograde``), it refuses in one line.
 * :class:`StripHiddenTests` removes hidden tests and traceback source lines from feedback.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
-import time
+import shutil
 from pathlib import Path
 
-from jupyter_client.manager import AsyncKernelManager
-from nbclient.client import NotebookClient
 from nbformat import NotebookNode
-from nbformat.v4 import new_code_cell, new_output
-from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from nbformat.v4 import new_output
+from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Integer, Unicode
 
-from .protocol import HIDDEN_PLACEHOLDER, BatchDir, read_plan, strip_hidden
+from .protocol import (HIDDEN_PLACEHOLDER, MAX_NOTEBOOK_BYTES, SANDBOX_INPUTS_DIR, SANDBOX_JOB_OUT,
+                       BatchDir, ProtocolError, read_plan, read_regular, strip_hidden)
+from .sandbox import NO_SANDBOX, Limits, _size, probe, run_job
 
-
-class SandboxKernelManager(AsyncKernelManager):
-    memory_limit = Unicode("4G", help="address-space limit of the kernel (RLIMIT_AS)").tag(config=True)
-    file_size_limit = Unicode("1G", help="largest file the kernel may write").tag(config=True)
-    allow_network = Bool(False, help="let the kernel reach the network").tag(config=True)
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.transport = "ipc"
-        self._ipc_dir = tempfile.mkdtemp(prefix="llmc-kernel-")
-        self.ip = os.path.join(self._ipc_dir, "k")
-
-    def format_kernel_cmd(self, extra_arguments=None):
-        cmd = super().format_kernel_cmd(extra_arguments)
-        if "ipykernel_launcher" not in cmd:
-            return cmd  # not a Python kernel we know how to wrap
-        i = cmd.index("ipykernel_launcher")
-        opts = ["--memory", self.memory_limit, "--fsize", self.file_size_limit]
-        opts += ["--allow-network"] if self.allow_network else []
-        return cmd[:i] + ["llmcourse.grading.sandbox"] + opts + ["--"] + cmd[i + 1:]
+REFUSE = ("plain `nbgrader autograde` is not supported for this course: run `llmcourse grade` "
+          "(it runs every notebook in a sandbox and verifies the results outside it)")
+OUTPUT_TYPES = {"stream", "execute_result", "display_data", "error"}
 
 
 def error_output(ename: str, evalue: str) -> NotebookNode:
     return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
 
 
-class SafeExecute(Execute):
+class SafeExecute(NbGraderPreprocessor):
+    timeout = Integer(30, help="seconds per cell").tag(config=True)
     notebook_timeout = Integer(600, help="seconds for the whole notebook").tag(config=True)
     max_cell_output = Integer(200_000, help="characters of output kept per cell").tag(config=True)
-    verify_dir = Unicode("", help="folder with plan.json for verification outside the kernel"
-                         ).tag(config=True)
+    memory = Unicode("4G", help="address-space limit of each process in the sandbox").tag(config=True)
+    verify_dir = Unicode("", help="the batch folder made by `llmcourse grade`").tag(config=True)
+    unsafe = Bool(False, help="run without the sandbox (trusted work only)").tag(config=True)
 
-    def preprocess(self, nb, resources=None, km=None):
-        NotebookClient.__init__(self, nb, km)
-        self.reset_execution_trackers()
-        self._check_assign_resources(resources)
-        self._cell_timeout = self.timeout
-        self._deadline = time.monotonic() + self.notebook_timeout
-        self._out_chars: dict[int, int] = {}
-        with self.setup_kernel():
-            info = self.wait_for_reply(self.kc.kernel_info())
-            self.nb.metadata["language_info"] = info["content"]["language_info"]
-            for index, cell in enumerate(self.nb.cells):
-                self.preprocess_cell(cell, resources, index)
-            self._verify(resources or {})
-        self.set_widgets_metadata()
-        self.timeout = self._cell_timeout
-        return self.nb, self.resources
-
-    def preprocess_cell(self, cell, resources, index):
-        if cell.cell_type != "code":
-            return cell, self.resources
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            cell.outputs = [error_output("NotebookTimeout", f"skipped: the notebook used up its "
-                                         f"{self.notebook_timeout} s time limit")]
-            return cell, self.resources
-        self.timeout = max(1, int(min(self._cell_timeout, remaining)))
-        return super().preprocess_cell(cell, resources, index)
-
-    def output(self, outs, msg, display_id, cell_index):
-        content = msg.get("content", {})
-        size = len(content.get("text", "")) + sum(len(str(v)) for v in content.get("data", {}).values())
-        size += sum(len(line) for line in content.get("traceback", []))
-        used = self._out_chars.get(cell_index, 0)
-        self._out_chars[cell_index] = used + size
-        if used > self.max_cell_output:
-            return None
-        if used + size > self.max_cell_output:
-            outs.append(new_output("stream", name="stderr", text=f"\n[output truncated by the grader: "
-                                   f"over {self.max_cell_output} characters]\n"))
-            return None
-        return super().output(outs, msg, display_id, cell_index)
-
-    def _verify(self, resources: dict) -> None:
-        """Run the learner's functions on the grader's inputs; outputs go to a file."""
+    def preprocess(self, nb, resources):
         if not self.verify_dir:
-            return
+            raise RuntimeError(REFUSE)
+        if not self.unsafe and not probe()[0]:
+            raise RuntimeError(NO_SANDBOX.format(why=probe()[1]))
         info = resources.get("nbgrader", {})
         batch = BatchDir(Path(self.verify_dir))
-        entries = read_plan(batch.plan, info.get("notebook", ""))
-        if not entries:
-            return
-        job = batch.job(info.get("student", "_"), info["notebook"])
-        out, inputs = str(job.outputs), str(batch.inputs)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        if os.path.exists(out):
-            os.remove(out)
-        src = ("from llmcourse.grading.harness import dump as _llmcourse_dump\n"
-               f"_llmcourse_dump({inputs!r}, {out!r}, {entries!r})")
-        deadline = time.monotonic() + 300  # the grader makes the inputs in parallel
-        while not os.path.exists(inputs) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cell = new_code_cell(src)
-        self.timeout = self._cell_timeout
-        self.nb.cells.append(cell)
-        try:
-            self.execute_cell(cell, len(self.nb.cells) - 1, store_history=False)
-        except Exception as exc:  # a dead kernel: the grader reports missing outputs
-            self.log.warning("verification cell failed: %s", exc)
-        finally:
-            self.nb.cells.pop()
+        name = info.get("notebook", "")
+        job = batch.job(info.get("student", "_"), name)
+        shutil.rmtree(job.root, ignore_errors=True)
+        job.inbox.mkdir(parents=True)
+        job.outbox.mkdir(mode=0o700)
+        unsafe = self.unsafe
+        (job.notebook).write_text(json.dumps(nb), encoding="utf-8")
+        (job.job).write_text(json.dumps({
+            "cell_timeout": self.timeout, "notebook_timeout": self.notebook_timeout,
+            "max_cell_output": self.max_cell_output, "entries": read_plan(batch.plan, name),
+            "inputs": str(batch.inputs) if unsafe else f"{SANDBOX_INPUTS_DIR}/{batch.inputs.name}",
+            "outputs": str(job.outputs) if unsafe else f"{SANDBOX_JOB_OUT}/{job.outputs.name}"}))
+        limits = Limits(memory=_size(self.memory), wall=self.notebook_timeout + 120,
+                        cpu=2 * self.notebook_timeout + 120)
+        report = run_job(job, batch.library, batch.inputs_dir, limits, unsafe=unsafe)
+        problem = merge_outputs(nb, job.executed, self.max_cell_output)
+        if problem:
+            self.log.warning("%s: %s", name, problem)
+            for cell in nb.cells:
+                if cell.cell_type == "code":
+                    cell.outputs = [error_output("GraderError", f"the notebook did not run in the "
+                                                 f"sandbox ({report.note or problem})")]
+        return nb, resources
+
+
+def _clean_output(out, budget: int) -> tuple[dict | None, int]:
+    """One output from the sandbox, checked field by field; None when malformed."""
+    if not isinstance(out, dict) or out.get("output_type") not in OUTPUT_TYPES:
+        return None, 0
+    kind = out["output_type"]
+    if kind == "stream":
+        text = out.get("text", "")
+        text = "".join(text) if isinstance(text, list) else text
+        if not isinstance(text, str) or out.get("name") not in ("stdout", "stderr"):
+            return None, 0
+        text = text[:budget]
+        return new_output("stream", name=out["name"], text=text), len(text)
+    if kind == "error":
+        ename, evalue, tb = out.get("ename"), out.get("evalue"), out.get("traceback", [])
+        if not (isinstance(ename, str) and isinstance(evalue, str) and isinstance(tb, list)
+                and all(isinstance(t, str) for t in tb)):
+            return None, 0
+        tb = [t[:2000] for t in tb[:50]]
+        return (new_output("error", ename=ename[:200], evalue=evalue[:2000], traceback=tb),
+                len(evalue) + sum(map(len, tb)))
+    data = out.get("data", {})
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        return None, 0
+    clean, size = {}, 0
+    for k, v in data.items():
+        v = "".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+        if not isinstance(v, str) or size + len(v) > budget:
+            continue
+        clean[k[:100]] = v
+        size += len(v)
+    fields = {"data": clean, "metadata": {}}
+    if kind == "execute_result":
+        count = out.get("execution_count")
+        fields["execution_count"] = count if isinstance(count, int) else None
+    return new_output(kind, **fields), size
+
+
+def merge_outputs(nb, executed: Path, max_cell_output: int) -> str:
+    """Copy the outputs of the executed notebook into ``nb``; '' or the problem in one line.
+
+    Only outputs and execution counts come back; sources, metadata and cell order are the
+    grader's own."""
+    try:
+        data = json.loads(read_regular(executed, MAX_NOTEBOOK_BYTES))
+    except ProtocolError as exc:
+        return str(exc)
+    except ValueError:
+        return "the executed notebook is not JSON"
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list) or len(cells) != len(nb.cells):
+        return "the executed notebook does not match the submitted one"
+    for mine, theirs in zip(nb.cells, cells):
+        if mine.cell_type != "code":
+            continue
+        outs, budget = [], 2 * max_cell_output
+        raw = theirs.get("outputs", []) if isinstance(theirs, dict) else []
+        for out in (raw if isinstance(raw, list) else [])[:500]:
+            clean, size = _clean_output(out, budget)
+            if clean is not None:
+                outs.append(clean)
+                budget -= size
+            if budget <= 0:
+                break
+        count = theirs.get("execution_count") if isinstance(theirs, dict) else None
+        mine.outputs = outs
+        mine.execution_count = count if isinstance(count, int) else None
+    meta = data.get("metadata", {}) if isinstance(data, dict) else {}
+    runner = meta.get("llmcourse_runner", {}) if isinstance(meta, dict) else {}
+    problem = runner.get("problem", "") if isinstance(runner, dict) else ""
+    return str(problem)[:300] if problem else ""
 
 
 class StripHiddenTests(NbGraderPreprocessor):

@@ -18,11 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..checks.core import Rule
-from ..checks.forbidden import violations_for
+from ..checks.core import exception_line
 from .course import nbgrader_config
+from .learner import LearnerBuild, learner_build, pristine_copy
+from .protocol import BatchDir, printable, write_plan
+from .sandbox import NO_SANDBOX, probe
+from .scan import scan
 from .submissions import SourceIndex, Submission, _nbg, _text, discover
-from .protocol import BatchDir, write_plan
 from .verify import CaseMaker, entries_and_rules, judge
 
 
@@ -55,6 +57,10 @@ class Options:
     memory: str = "4G"
     feedback: bool = True
     seed: int | None = None
+    unsafe: bool = False  # --unsafe-no-sandbox: no bwrap; every row says "not sandboxed"
+
+
+NOT_SANDBOXED = "not sandboxed (--unsafe-no-sandbox): trusted work only"
 
 
 def grade(path: Path, root: Path, options: Options, assignment: str | None = None,
@@ -62,6 +68,10 @@ def grade(path: Path, root: Path, options: Options, assignment: str | None = Non
     index = SourceIndex(root)
     if assignment and assignment not in index.assignments:
         raise ValueError(f"unknown chapter {assignment!r} (known: {', '.join(index.assignments)})")
+    if not options.unsafe:
+        ok, why = probe()
+        if not ok:
+            raise RuntimeError(NO_SANDBOX.format(why=why))
     subs = discover(path, index, assignment, student)
     rows: list[Row] = []
     seed = options.seed if options.seed is not None else secrets.randbits(31)
@@ -75,7 +85,15 @@ def grade(path: Path, root: Path, options: Options, assignment: str | None = Non
     options.course_dir.mkdir(parents=True, exist_ok=True)
     for name, group in by_assignment.items():
         with tempfile.TemporaryDirectory(prefix="llmc-verify-") as vdir:
-            rows += _grade_assignment(name, group, index, root, options, seed, Path(vdir), log)
+            try:
+                rows += _grade_assignment(name, group, index, root, options, seed, Path(vdir), log)
+            except Exception as exc:  # the chapter could not be prepared: every row says why
+                line = f"grader error: {exception_line(exc)}"
+                rows += [Row(s.student, name, src.name, 0.0, sum(g.points for g in src.grade_cells.values()),
+                             problems=[line]) for s in group for src in index.of(name)]
+    if options.unsafe:
+        for row in rows:
+            row.problems.insert(0, NOT_SANDBOXED)
     return rows
 
 
@@ -90,6 +108,7 @@ class Chapter:
     api: object
     db_url: str
     maker: CaseMaker | None
+    build: LearnerBuild | None
 
     def exercises(self, src) -> list[str]:
         return sorted({e for g in src.grade_cells.values() for e in g.exercises})
@@ -97,7 +116,7 @@ class Chapter:
 
 @dataclass
 class Graded:
-    """One submission after nbgrader and the kernel ran: what the rows are built from."""
+    """One submission after nbgrader and the sandbox ran: what the rows are built from."""
 
     sub: Submission
     problems: list[str]
@@ -114,40 +133,55 @@ class CellContext:
     grade_cell: object  # submissions.GradeCell
     source: object  # submissions.SourceNotebook
     student: str
-    notebook: dict | None  # the learner's repaired notebook JSON
-    verdicts: dict
-    rules: dict
+    verdicts: dict  # exercise id -> verify.Verdict (the hidden cases, judged here)
+    violations: dict  # exercise id -> [forbidden shortcuts found by the scan]
 
 
 def _grade_assignment(assignment, subs, index, root, options, seed, vdir, log) -> list[Row]:
     chapter = _prepare(assignment, index, root, options, seed, BatchDir(vdir))
     rows = []
     for sub in subs:
-        rows += _rows(chapter, _grade_submission(chapter, sub), log)
+        try:
+            rows += _rows(chapter, _grade_submission(chapter, sub), log)
+        except Exception as exc:  # one learner's failure: one line and 0, the batch goes on
+            _zero_gradebook(chapter, sub.student)
+            line = f"grader error: {exception_line(exc)}"
+            rows += [Row(sub.student, assignment, src.name, 0.0,
+                         sum(g.points for g in src.grade_cells.values()), problems=[line])
+                     for src in chapter.sources]
     return rows
 
 
 def _prepare(assignment, index, root, options, seed, batch: BatchDir) -> Chapter:
+    """The truth and the learner build, from a pristine copy, before any learner code runs."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
     sources = index.of(assignment)
     exercise_ids = sorted({e for s in sources for g in s.grade_cells.values() for e in g.exercises})
     batch.inputs_dir.mkdir(parents=True, exist_ok=True)
-    maker = CaseMaker(seed, str(batch.inputs), exercise_ids) if exercise_ids else None
+    pristine, _digest_ = pristine_copy(batch.pristine)
+    maker = build = None
+    if exercise_ids:
+        maker = CaseMaker(seed, str(batch.inputs), exercise_ids, str(batch.public), str(pristine))
+        info = maker.public()
+    else:
+        info = {}
+    build = learner_build(pristine, batch.library, assignment[:2], batch.public, info)
     write_plan(batch.plan, {s.name: {e: entry for g in s.grade_cells.values()
                                      for e, entry in g.exercises.items()} for s in sources})
     cfg = nbgrader_config(root, options.course_dir, cell_timeout=options.cell_timeout,
                           notebook_timeout=options.notebook_timeout, memory=options.memory,
-                          verify_dir=str(batch.root))
+                          verify_dir=str(batch.root), unsafe=options.unsafe)
     api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
     db_url = cfg.CourseDirectory.db_url
     _ensure_assignment(api, assignment, db_url, root)
-    return Chapter(assignment, sources, options, batch, api, db_url, maker)
+    return Chapter(assignment, sources, options, batch, api, db_url, maker, build)
 
 
 def _grade_submission(chapter: Chapter, sub: Submission) -> Graded:
-    """Hand the submission to nbgrader (which runs it in the sandboxed kernel)."""
+    """Hand the submission to nbgrader, which runs each notebook in the sandbox; then set
+    every cell of it to 0 in the gradebook until :func:`_settle` has verified it."""
     t0 = time.perf_counter()
     folder = chapter.options.course_dir / "submitted" / sub.student / chapter.assignment
     shutil.rmtree(folder, ignore_errors=True)
@@ -155,13 +189,32 @@ def _grade_submission(chapter: Chapter, sub: Submission) -> Graded:
     for name, nb in sub.notebooks.items():
         (folder / f"{name}.ipynb").write_text(json.dumps(nb, indent=1), encoding="utf-8")
     problems = list(sub.problems)
-    # The kernel waits for the hidden inputs only at the very end, so making them
-    # overlaps the kernel's start-up and the learner's cells.
-    result = chapter.api.autograde(chapter.assignment, sub.student, force=True, create=True)
-    if not result["success"]:
+    result = {"success": False, "error": "no notebooks to grade"}
+    if sub.notebooks:
+        result = chapter.api.autograde(chapter.assignment, sub.student, force=True, create=True)
+    _zero_gradebook(chapter, sub.student)  # fail closed from here on
+    if not result["success"] and sub.notebooks:
         problems.append("nbgrader could not grade this submission: " + _last_line(result))
     expected = chapter.maker.result() if chapter.maker is not None else None
     return Graded(sub, problems, expected, bool(result["success"]), t0)
+
+
+def _zero_gradebook(chapter: Chapter, student: str) -> None:
+    """Every grade of this learner in this chapter -> 0 until verified (manual score 0)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    try:
+        with Gradebook(chapter.db_url, "llmcourse") as gb:
+            try:
+                sub = gb.find_submission(chapter.assignment, student)
+            except MissingEntry:
+                return
+            for nb in sub.notebooks:
+                for g in nb.grades:
+                    g.manual_score = 0.0
+            gb.db.commit()
+    except Exception:  # noqa: BLE001 - nothing was recorded, so nothing stands
+        pass
 
 
 def _rows(chapter: Chapter, graded: Graded, log) -> list[Row]:
@@ -175,18 +228,27 @@ def _rows(chapter: Chapter, graded: Graded, log) -> list[Row]:
     with Gradebook(chapter.db_url, "llmcourse") as gb:
         for src in sources:
             nb = sub.notebooks.get(src.name)
+            exids = chapter.exercises(src)
             verdicts = judge(expected, str(chapter.batch.job(sub.student, src.name).outputs),
-                             chapter.exercises(src)) if (expected and nb is not None) else {}
+                             exids) if (expected and nb is not None) else {}
             mine = [p for p in problems if p.startswith(src.name)]
             row = Row(sub.student, assignment, src.name, 0.0, 0.0, problems=mine + (
                 [p for p in problems if not any(p.startswith(s.name) for s in sources)]
                 if src is sources[0] else []))
+            if chapter.build is not None and chapter.build.note:
+                row.problems.append(chapter.build.note)
+            violations = {}
             if nb is None:
                 row.problems.append(f"{src.name}.ipynb missing: scored 0")
             else:
                 row.problems += _run_problems(options, sub.student, assignment, src.name)
+                cells = [(f"cell '{_nbg(c).get('grade_id') or i}'", _text(c))
+                         for i, c in enumerate(nb["cells"])
+                         if c.get("cell_type") == "code" and not _nbg(c).get("locked")]
+                violations = scan({e: rules[e] for e in exids if e in rules}, cells,
+                                  str(chapter.batch.pristine))
             for gc in src.grade_cells.values():
-                row.cells.append(_settle(CellContext(gb, gc, src, sub.student, nb, verdicts, rules)))
+                row.cells.append(_settle(CellContext(gb, gc, src, sub.student, verdicts, violations)))
             row.score = sum(c.points for c in row.cells)
             row.max_score = sum(c.max_points for c in row.cells)
             sub_rows.append(row)
@@ -202,33 +264,34 @@ def _rows(chapter: Chapter, graded: Graded, log) -> list[Row]:
 
 
 def _settle(cell: CellContext) -> CellScore:
-    """Final points of one graded cell: nbgrader's, unless the checks outside the kernel disagree."""
+    """Final points of one graded cell. Fail closed: nbgrader's in-sandbox score stands only
+    when every exercise the cell checks was verified here (hidden cases judged outside the
+    sandbox, no forbidden shortcut); otherwise the gradebook says 0."""
     from nbgrader.api import MissingEntry
 
-    gc, src, nb, gb = cell.grade_cell, cell.source, cell.notebook, cell.gb
+    gc, src, gb = cell.grade_cell, cell.source, cell.gb
     try:
         grade = gb.find_grade(gc.grade_id, src.name, src.assignment, cell.student)
     except MissingEntry:
         return CellScore(gc.grade_id, 0.0, gc.points, "not graded")
     reasons = []
-    cells = [(f"cell '{_nbg(c).get('grade_id') or i}'", _text(c)) for i, c in enumerate(nb["cells"])
-             if c.get("cell_type") == "code" and not _nbg(c).get("locked")] if nb else []
-    for exid, entry in gc.exercises.items():
-        if exid in cell.rules:
-            found = violations_for(entry, tuple(Rule(t, w, tuple(a)) for t, w, a in cell.rules[exid][1]),
-                                   cells)
-            if found:
-                reasons.append(f"{exid}: {found[0]}")
+    if not gc.exercises:
+        reasons.append("nothing in this cell can be verified outside the notebook")
+    for exid in gc.exercises:
+        reasons += [f"{exid}: {v}" for v in cell.violations.get(exid, [])[:1]]
         v = cell.verdicts.get(exid)
-        if v is not None and not v.ok:
+        if v is None:
+            reasons.append(f"{exid}: not verified (the hidden cases did not run)")
+        elif not v.ok:
             reasons.append(f"{exid}: {v.message}" + (f" - diagnosis: {v.mistake}" if v.mistake else ""))
     auto = float(grade.auto_score or 0.0)
-    grade.manual_score = 0.0 if (reasons and auto > 0) else None
+    final = 0.0 if reasons else min(auto, gc.points)
+    grade.manual_score = final
     _comment(gb, gc, src, cell.student, reasons)
     gb.db.commit()
     if not reasons and auto < gc.points:
         reasons.append("the test cell failed in the notebook (see the feedback)")
-    return CellScore(gc.grade_id, 0.0 if reasons else auto, gc.points, "; ".join(reasons))
+    return CellScore(gc.grade_id, final, gc.points, "; ".join(reasons))
 
 
 RUN_PROBLEMS = {
@@ -312,14 +375,26 @@ def _last_line(result: dict) -> str:
     return (errors or text or ["unknown error"])[-1][:300]
 
 
+def clean_rows(rows: list[Row]) -> list[Row]:
+    """Every name and line made printable before it is written anywhere."""
+    for r in rows:
+        r.student, r.assignment, r.notebook = (printable(r.student, 200), printable(r.assignment, 200),
+                                               printable(r.notebook, 200))
+        r.problems = [printable(p) for p in r.problems]
+        for c in r.cells:
+            c.reason = printable(c.reason, 4000)
+    return rows
+
+
 def rows_to_json(rows: list[Row]) -> str:
-    return json.dumps([asdict(r) for r in rows], indent=2)
+    return json.dumps([asdict(r) for r in clean_rows(rows)], indent=2)
 
 
 def rows_to_csv(rows: list[Row]) -> str:
     import csv
     import io
 
+    clean_rows(rows)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["student", "assignment", "notebook", "score", "max_score", "problems"])

@@ -11,7 +11,7 @@ from . import codec
 from .protocol import output_key, pack
 
 
-def dump(inputs_path: str, out_path: str, entries: dict[str, str]) -> None:
+def dump(inputs_path: str, out_path: str, entries: dict[str, str], record_ops: bool = True) -> None:
     try:
         namespace = get_ipython().user_ns  # type: ignore[name-defined]  # noqa: F821
     except NameError:

@@ -4,6 +4,9 @@ A batch of one chapter works in a folder the grader owns (:class:`BatchDir`)::
 
     batch/
       plan.json                 what each notebook's kernel runs at the end (plan file)
+      pristine/llmcourse/       the hash-checked copy the truth is made from (never in a sandbox)
+      public/                   the public cases' answers, one file per exercise
+      lib/llmcourse/            the learner build (read-only in every sandbox)
       in/inputs.bin             the hidden cases' INPUTS (read-only in every sandbox)
       jobs/<student>--<nb>/     one per notebook run:
         in/notebook.ipynb       the notebook to execute      (read-only in the sandbox)
@@ -70,6 +73,15 @@ def safe_name(text: str) -> str:
                    for c in text)[:200] or "_"
 
 
+def printable(text: str, limit: int = 2000) -> str:
+    """One line that any file or terminal can take: surrogates (non-UTF-8 file names) and
+    control characters escaped, newlines folded."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else ("\\x%02x" % ord(c) if ord(c) < 256 else repr(c)[1:-1])
+                   for c in text.replace("\n", " ").replace("\r", " ").replace("\t", " "))
+    return text[:limit]
+
+
 @dataclass(frozen=True)
 class JobDir:
     root: Path
@@ -106,6 +118,19 @@ class BatchDir:
     @property
     def plan(self) -> Path:
         return self.root / "plan.json"
+
+    @property
+    def library(self) -> Path:
+        """The learner build of the library (the sandbox's /opt/llmcourse)."""
+        return self.root / "lib"
+
+    @property
+    def pristine(self) -> Path:
+        return self.root / "pristine"
+
+    @property
+    def public(self) -> Path:
+        return self.root / "public"
 
     @property
     def inputs_dir(self) -> Path:
@@ -217,7 +242,7 @@ def save(path_or_file, arrays: dict[str, np.ndarray], meta) -> None:
     """An uncompressed container: MAGIC, 8-byte header length, JSON header, raw bytes."""
     index, blobs, offset = [], [], 0
     for k, a in arrays.items():
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a, order="C")
         if a.dtype.kind == "O":
             raise TypeError(f"{k}: object arrays cannot be sent")
         raw = a.tobytes()
@@ -240,7 +265,7 @@ def loads(data: bytes, cap: int = MAX_OUTPUTS_BYTES) -> tuple[dict[str, np.ndarr
         raise ProtocolError("not an llmcourse array file")
     n = int.from_bytes(data[len(MAGIC):len(MAGIC) + 8], "little")
     start = len(MAGIC) + 8
-    if n > min(MAX_HEADER_BYTES, len(data) - start):
+    if n > min(MAX_HEADER_BYTES if cap <= MAX_OUTPUTS_BYTES else cap, len(data) - start):
         raise ProtocolError("header too large")
     try:
         header = json.loads(data[start:start + n])

@@ -1,7 +1,8 @@
 """``make release``: regenerate chapters/ from solutions/ with nbgrader, for every chapter.
 
-Student notebooks get a first cell that installs the course library when it is missing
-(Colab), keeping whatever torch is already installed. The output is deterministic, so a test
+Student notebooks get a setup cell, right after the title and before any other code, that
+installs the course library when it is missing (Colab), keeping whatever torch is already
+installed; ``LLMCOURSE_INSTALL_URL`` overrides where it installs from (a fork, a local clone). The output is deterministic, so a test
 can compare a fresh release with the committed chapters/.
 """
 
@@ -21,10 +22,12 @@ SETUP_ID = "llmcourse-setup"
 PAGE_DIRS = ("appendix",)
 
 SETUP_SOURCE = '''\
-# Setup - run this cell first. It installs the course library when it is missing (e.g. on
-# Colab) and keeps the torch that is already installed.
-import importlib.util, subprocess, sys, tempfile
+# @title Setup: run this cell first
+# Where the course library is missing (e.g. on Colab) this installs it from the course's
+# repository, keeping the PyTorch that is already installed.
+import importlib, importlib.util, os, subprocess, sys, tempfile
 if importlib.util.find_spec("llmcourse") is None:
+    course_url = os.environ.get("LLMCOURSE_INSTALL_URL", "git+{url}")
     pins = []
     try:
         import torch
@@ -33,14 +36,38 @@ if importlib.util.find_spec("llmcourse") is None:
         pass
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\\n".join(pins))
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-c", f.name,
-                           "llmcourse @ git+{url}"])'''
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name,
+                          f"llmcourse @ {{course_url}}"], capture_output=True, text=True)
+    importlib.invalidate_caches()
+    if pip.returncode != 0 or importlib.util.find_spec("llmcourse") is None:
+        lines = [l.strip() for l in (pip.stderr + pip.stdout).splitlines() if l.strip()]
+        why = next((l for l in lines if l.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise RuntimeError(
+            f"Could not install the course library from {{course_url}} ({{why or 'no message'}}). "
+            "This cell runs pip, which needs the internet: check that this runtime is online, "
+            "and that the URL names the course's repository (it comes from repository.url in the "
+            "course's _config.yml; a copy of the course must set its own and run `make release`). "
+            "Working from a clone of the repository instead? Run `pip install -e .` there and "
+            "restart the kernel.") from None'''
+
+#: Cell tags: ``hide-input`` folds the cell away in the book (MyST-NB); Colab shows the
+#: ``# @title`` line instead of the code (``cellView: form``).
+SETUP_TAGS = [SETUP_ID, "hide-input"]
 
 
 def setup_cell(url: str) -> dict:
     return {"cell_type": "code", "execution_count": None, "id": SETUP_ID,
-            "metadata": {"tags": [SETUP_ID]}, "outputs": [],
+            "metadata": {"tags": list(SETUP_TAGS), "cellView": "form"}, "outputs": [],
             "source": SETUP_SOURCE.format(url=url)}
+
+
+def setup_position(cells: list[dict]) -> int:
+    """Right after the title cell (a markdown cell opening with a ``# `` heading), else first:
+    either way the setup cell is the first code cell a learner runs."""
+    first = cells[0] if cells else {}
+    src = first.get("source", "")
+    src = "".join(src) if isinstance(src, list) else src
+    return 1 if first.get("cell_type") == "markdown" and src.lstrip().startswith("# ") else 0
 
 
 def write_notebook(path: Path, nb: dict) -> None:
@@ -51,7 +78,7 @@ def write_notebook(path: Path, nb: dict) -> None:
 def finalize(path: Path, url: str) -> None:
     nb = json.loads(path.read_text(encoding="utf-8"))
     nb["cells"] = [c for c in nb["cells"] if c.get("id") != SETUP_ID]
-    nb["cells"].insert(0, setup_cell(url))
+    nb["cells"].insert(setup_position(nb["cells"]), setup_cell(url))
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None

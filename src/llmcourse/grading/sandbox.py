@@ -1,81 +1,47 @@
-"""Start an IPython kernel with the grader's limits: memory, file size, no network.
+"""The learner's notebook runs in a bubblewrap (``bwrap``) sandbox: a prisoner, not a guest.
 
-Run as ``python -m llmcourse.grading.sandbox [--memory BYTES] [--fsize BYTES] -- <ipykernel args>``
-(the grader's kernel manager builds this command). Limits are set in this process before
-the kernel starts, so the learner's code cannot lift them:
+:func:`run_job` starts ``bwrap`` around :mod:`.runner` (which starts the kernel inside the
+same sandbox), with:
 
-* memory: ``RLIMIT_AS`` - a memory bomb gets ``MemoryError``, not the machine's memory;
-* files: ``RLIMIT_FSIZE`` - no filling the disk; core dumps off;
-* network: a fresh network namespace with no interfaces when the OS allows it (root, or
-  unprivileged user namespaces), and in every case an audit hook - which Python code cannot
-  remove - that refuses internet sockets and name lookups.
+* ``--unshare-all`` + ``--unshare-user``: own user, PID, mount, network, IPC, UTS and
+  cgroup namespaces - no network at all (only a loopback of its own), no view of the
+  grader's processes, ``/proc`` entries, file descriptors or sockets;
+* a throwaway uid/gid 65534 inside, ``--cap-drop ALL``, ``--new-session`` (no terminal
+  injection), ``--die-with-parent``, ``--clearenv`` with a short, fixed environment;
+* a read-only root that holds only ``/usr``, the Python install, the virtual
+  environment's packages and the LEARNER BUILD of the library at ``/opt/llmcourse``
+  (:mod:`.learner`); one read-only folder with the hidden inputs, the job's read-only
+  ``in/`` and writable ``out/``; a private, size-capped ``/tmp`` (the working folder);
+* rlimits set before ``bwrap`` starts and inherited by everything inside: address space,
+  CPU time, file size, no core dumps, processes (RLIMIT_NPROC; also a pids cgroup where the
+  grader may make one, because the kernel does not count processes of a uid mapped to
+  root);
+* the whole tree killed at the end: the sandbox's PID 1 dies with ``bwrap``, and with it
+  every process inside, daemons included.
 
-This module must stay cheap to import: no torch, no llmcourse.checks.
+Without bubblewrap, :func:`run_job` with ``unsafe=True`` runs the same runner as a plain
+child process with the same rlimits (``llmcourse grade --unsafe-no-sandbox``); rows say
+"not sandboxed". This module must stay cheap to import: no torch, no llmcourse.checks.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
-import socket
+import shutil
+import signal
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-NETWORK_DISABLED = "network access is disabled while grading"
+from .protocol import (SANDBOX_INPUTS_DIR, SANDBOX_JOB_IN, SANDBOX_JOB_OUT, SANDBOX_LIBRARY,
+                       JobDir)
 
-
-def set_limits(memory: int | None, fsize: int | None) -> None:
-    if memory:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    if fsize:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _unshare(flags: int) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.unshare(flags) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def isolate_network() -> str:
-    """Move this process into an empty network namespace; return how (or 'audit hook only')."""
-    uid, gid = os.geteuid(), os.getegid()
-    if uid == 0 and _unshare(CLONE_NEWNET):
-        return "network namespace"
-    if _unshare(CLONE_NEWUSER | CLONE_NEWNET):
-        try:  # keep our own uid/gid inside the new user namespace
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-            with open("/proc/self/uid_map", "w") as f:
-                f.write(f"{uid} {uid} 1")
-            with open("/proc/self/gid_map", "w") as f:
-                f.write(f"{gid} {gid} 1")
-        except OSError:
-            pass
-        return "user+network namespace"
-    return "audit hook only"
-
-
-_INET = {socket.AF_INET, socket.AF_INET6}
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event in ("socket.connect", "socket.sendto", "socket.sendmsg", "socket.bind"):
-        sock = args[0]
-        if getattr(sock, "family", None) in _INET:
-            raise PermissionError(NETWORK_DISABLED)
-    elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex",
-                   "socket.gethostbyaddr"):
-        raise PermissionError(NETWORK_DISABLED)
-
-
-def block_network_calls() -> None:
-    sys.addaudithook(_audit)
+SANDBOX_UID = 65534
+NO_SANDBOX = ("no sandbox available: {why}. Install bubblewrap (`apt-get install bubblewrap`) "
+              "or pass --unsafe-no-sandbox to grade trusted work without one")
 
 
 def _size(text: str) -> int:
@@ -86,29 +52,205 @@ def _size(text: str) -> int:
     return int(text)
 
 
-def main(argv: list[str]) -> None:
-    memory = fsize = None
-    network = False
-    while argv and argv[0] != "--":
-        opt = argv.pop(0)
-        if opt == "--memory":
-            memory = _size(argv.pop(0))
-        elif opt == "--fsize":
-            fsize = _size(argv.pop(0))
-        elif opt == "--allow-network":
-            network = True
+@dataclass
+class Limits:
+    memory: int = 4 * 2**30  # RLIMIT_AS of every process in the sandbox
+    fsize: int = 256 * 2**20  # largest file
+    tmp: int = 512 * 2**20  # size of the private /tmp
+    nproc: int = 256  # processes and threads
+    cpu: int = 1800  # CPU seconds per process
+    wall: int = 900  # seconds for the whole run
+
+
+def set_limits(limits: Limits) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.fsize, limits.fsize))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu, limits.cpu))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
+
+
+def bwrap() -> str | None:
+    return shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap") or None
+
+
+_PROBE: tuple[bool, str] | None = None
+
+
+def probe() -> tuple[bool, str]:
+    """(True, version) when a user+PID+network namespace sandbox can be made here."""
+    global _PROBE
+    if _PROBE is None:
+        exe = bwrap()
+        if exe is None:
+            _PROBE = (False, "bubblewrap (bwrap) is not installed")
         else:
-            raise SystemExit(f"sandbox: unknown option {opt!r}")
-    kernel_args = argv[1:]
-    set_limits(memory, fsize)
-    if not network:
-        os.environ["LLMCOURSE_SANDBOX_NETWORK"] = isolate_network()
-        block_network_calls()
-    sys.argv = ["ipykernel_launcher"] + kernel_args
-    from ipykernel import kernelapp
+            try:
+                p = subprocess.run([exe, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID),
+                                    "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+                                    "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+                                    "--die-with-parent", "--new-session", "id", "-u"],
+                                   capture_output=True, text=True, timeout=30)
+                if p.returncode == 0 and p.stdout.strip() == str(SANDBOX_UID):
+                    v = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+                    _PROBE = (True, v.strip() or "bwrap")
+                else:
+                    why = (p.stderr.strip().splitlines() or ["unknown error"])[-1]
+                    _PROBE = (False, f"bwrap cannot make a user namespace here ({why[:200]})")
+            except (OSError, subprocess.SubprocessError) as exc:
+                _PROBE = (False, f"bwrap failed to start ({exc})")
+    return _PROBE
 
-    kernelapp.launch_new_instance()
+
+def _python_roots() -> list[str]:
+    """The read-only folders the interpreter and its packages live in."""
+    roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix,
+             os.path.dirname(os.path.realpath(sys.executable))}
+    return sorted(r for r in roots if not r.startswith("/usr/") and r != "/usr")
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+def command(job: JobDir, library: Path, inputs_dir: Path, limits: Limits) -> list[str]:
+    python = sys.executable
+    cmd = [bwrap(), "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID),
+           "--gid", str(SANDBOX_UID), "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+           "--hostname", "sandbox", "--clearenv",
+           "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+    for name in ("bin", "lib", "lib64", "sbin"):
+        target = os.path.join("/", name)
+        if os.path.islink(target):
+            cmd += ["--symlink", os.readlink(target), target]
+        elif os.path.isdir(target):
+            cmd += ["--ro-bind", target, target]
+    for root in _python_roots():
+        cmd += ["--ro-bind", root, root]
+    cmd += ["--ro-bind", str(library), SANDBOX_LIBRARY,
+            "--ro-bind", str(inputs_dir), SANDBOX_INPUTS_DIR,
+            "--ro-bind", str(job.inbox), SANDBOX_JOB_IN,
+            "--bind", str(job.outbox), SANDBOX_JOB_OUT,
+            "--size", str(limits.tmp), "--tmpfs", "/tmp",
+            "--dir", "/tmp/work", "--chdir", "/tmp/work"]
+    env = {"HOME": "/tmp", "PATH": f"{os.path.dirname(python)}:/usr/bin:/bin",
+           "PYTHONPATH": SANDBOX_LIBRARY, "PYTHONDONTWRITEBYTECODE": "1",
+           "JUPYTER_RUNTIME_DIR": "/tmp/.jupyter", "IPYTHONDIR": "/tmp/.ipython",
+           "MPLCONFIGDIR": "/tmp/.mpl", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+           "LLMCOURSE_SANDBOX": "bwrap", "LANG": "C.UTF-8"}
+    for k in ("LLMCOURSE_QUICK",):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    for k, v in env.items():
+        cmd += ["--setenv", k, v]
+    return cmd + ["--", python, "-m", "llmcourse.grading.runner", SANDBOX_JOB_IN, SANDBOX_JOB_OUT]
+
+
+def _pids_cgroup(limit: int) -> str | None:
+    """A pids cgroup (v1 or v2) for the sandbox, where this process may make one."""
+    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        ctl = "pids.max"
+        if not os.path.isdir(base) or (base != "/sys/fs/cgroup/pids" and
+                                       not os.path.exists(os.path.join(base, "cgroup.procs"))):
+            continue
+        path = os.path.join(base, f"llmcourse-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.mkdir(path)
+            with open(os.path.join(path, ctl), "w") as f:
+                f.write(str(limit))
+            return path
+        except OSError:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+    return None
+
+
+def _child_setup(limits: Limits, cgroup: str | None):
+    def setup():
+        if cgroup:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                pass
+        set_limits(limits)
+    return setup
+
+
+@dataclass
+class RunReport:
+    sandboxed: bool
+    returncode: int | None
+    seconds: float
+    note: str = ""
+
+
+def run_job(job: JobDir, library: Path, inputs_dir: Path, limits: Limits,
+            unsafe: bool = False) -> RunReport:
+    """Run one notebook job; kill everything it started; never raise for what it did."""
+    t0 = time.monotonic()
+    cgroup = None
+    if unsafe:
+        env = {"HOME": str(job.outbox), "PATH": os.environ.get("PATH", "/usr/bin"),
+               "PYTHONPATH": str(library), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+               "JUPYTER_RUNTIME_DIR": str(job.outbox / ".jupyter"), "LLMCOURSE_SANDBOX": "none"}
+        if "LLMCOURSE_QUICK" in os.environ:
+            env["LLMCOURSE_QUICK"] = os.environ["LLMCOURSE_QUICK"]
+        cmd = [sys.executable, "-m", "llmcourse.grading.runner", str(job.inbox), str(job.outbox)]
+        kw = {"env": env, "cwd": str(job.outbox)}
+    else:
+        cmd, kw = command(job, library, inputs_dir, limits), {"env": {}}
+    cgroup = _pids_cgroup(limits.nproc)
+    log = job.root / "stderr.log"  # written by the sandbox: capped by RLIMIT_FSIZE
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True,
+                                preexec_fn=_child_setup(limits, cgroup), **kw)
+    note = ""
+    try:
+        proc.wait(timeout=limits.wall)
+        if proc.returncode and not os.path.lexists(job.executed):
+            note = _tail(log)
+    except subprocess.TimeoutExpired:
+        note = f"the sandbox ran past {limits.wall} s and was killed"
+    finally:
+        _kill(proc, cgroup)
+    return RunReport(not unsafe, proc.returncode, time.monotonic() - t0, note)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 2000))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return (lines or [""])[-1][:200]
+
+
+def _kill(proc: subprocess.Popen, cgroup: str | None) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    if cgroup:
+        procs = os.path.join(cgroup, "cgroup.procs")
+        for _ in range(50):  # anything left in the cgroup (the unsafe path's escapees too)
+            try:
+                pids = [int(p) for p in open(procs).read().split()]
+            except OSError:
+                break
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        try:
+            os.rmdir(cgroup)
+        except OSError:
+            pass

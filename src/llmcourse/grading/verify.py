@@ -15,7 +15,9 @@ nothing here: the comparison and the expected values never pass through the kern
 from __future__ import annotations
 
 import io
+import json
 import os
+import time
 import subprocess
 import sys
 import zlib
@@ -68,24 +70,70 @@ def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
     return buf.getvalue()
 
 
-class CaseMaker:
-    """Runs :func:`make_cases` in a separate process, started early so that it overlaps the
-    kernel's start-up (torch is imported there, never in the grader's own process)."""
+def make_public(public_dir: str, exercise_ids: list[str]) -> None:
+    """The learner build's data: each exercise's public cases with their answers, one file
+    per exercise, then ``build.json`` (how each is called; None = needs its spec module)."""
+    from ..checks.runner import get
+    from .learner_specs import public_data, spec_kind
+    from .protocol import safe_name
 
-    def __init__(self, seed: int, inputs_path: str, exercise_ids: list[str]):
-        self.inputs_path = inputs_path
+    os.makedirs(public_dir, exist_ok=True)
+    info = {}
+    for exid in exercise_ids:
+        ex = get(exid)
+        kind = spec_kind(ex)
+        info[exid] = {"kind": kind, "allow_reference": list(ex.allow_reference)}
+        if kind is not None:
+            arrays, spec = public_data(ex, 0)
+            codec.save(os.path.join(public_dir, safe_name(exid) + ".bin"), arrays, spec)
+    tmp = os.path.join(public_dir, "build.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, os.path.join(public_dir, "build.json"))
+
+
+class CaseMaker:
+    """Runs :func:`make_public` and :func:`make_cases` in a separate process of the grader's,
+    from the pristine copy of the course (``library``), started before any learner code
+    runs. Torch and the specs are imported there, never in the grader's own process, and
+    the expected outputs come back through a pipe no sandbox can see."""
+
+    def __init__(self, seed: int, inputs_path: str, exercise_ids: list[str],
+                 public_dir: str = "", library: str = ""):
+        self.inputs_path, self.public_dir = inputs_path, public_dir
+        env = dict(os.environ)
+        if library:
+            env["PYTHONPATH"] = library
+            env["LLMCOURSE_EXPECT_LIBRARY"] = library
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmcourse.grading.verify", str(seed), inputs_path, *exercise_ids],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [sys.executable, "-m", "llmcourse.grading.verify", str(seed), inputs_path,
+             public_dir or "-", *exercise_ids],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=library or None)
         self._result: tuple[dict, dict] | None = None
+
+    def public(self, timeout: float = 300) -> dict:
+        """Wait for the learner build's data; {exercise id: {"kind", "allow_reference"}}."""
+        path = os.path.join(self.public_dir, "build.json")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.result(timeout=5)  # raises with the case maker's last line
+                raise RuntimeError("could not make the public cases")
+            time.sleep(0.02)
+        with open(path) as f:
+            return json.load(f)
 
     def result(self, timeout: float = 300) -> tuple[dict, dict]:
         if self._result is None:
-            out, err = self.proc.communicate(timeout=timeout)
+            try:
+                out, err = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise RuntimeError("could not make the hidden cases in time") from None
             if self.proc.returncode != 0:
                 last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise RuntimeError(f"could not make the hidden cases: {last[0]}")
-            self._result = codec.loads(out)
+            self._result = codec.loads(out, cap=2**31)
         return self._result
 
 
@@ -149,6 +197,19 @@ def entries_and_rules(expected: tuple[dict, dict]) -> dict[str, tuple[str, list]
     return {exid: (m["entry"], m["forbid"]) for exid, m in expected[1].items()}
 
 
+def _main(argv: list[str]) -> None:
+    seed, inputs, public_dir, exercise_ids = int(argv[0]), argv[1], argv[2], argv[3:]
+    expect = os.environ.get("LLMCOURSE_EXPECT_LIBRARY")
+    if expect:  # the truth comes from the pristine copy, not from an editable install
+        import llmcourse
+
+        here = os.path.realpath(os.path.dirname(llmcourse.__file__))
+        if not here.startswith(os.path.realpath(expect) + os.sep):
+            raise SystemExit(f"case maker imported llmcourse from {here}, not from {expect}")
+    if public_dir != "-":
+        make_public(public_dir, exercise_ids)
+    sys.stdout.buffer.write(make_cases(seed, inputs, exercise_ids))
+
+
 if __name__ == "__main__":
-    seed, inputs = int(sys.argv[1]), sys.argv[2]
-    sys.stdout.buffer.write(make_cases(seed, inputs, sys.argv[3:]))
+    _main(sys.argv[1:])
