@@ -191,3 +191,25 @@ def chinchilla_optimal_numeric(C: float, fit: ScalingFit = CHINCHILLA) -> tuple[
             a = c
     n = math.exp((a + b) / 2)
     return n, C / (6 * n)
+
+
+# ---------------------------------------------------------------------------------------
+# Sparse (mixture-of-experts) GPTs (chapter 08)
+
+def moe_gpt_counts(vocab_size: int, block_size: int, n_layer: int, n_embd: int, n_experts: int,
+                   top_k: int, d_ff: int, seq_len: int) -> tuple[int, int, int]:
+    """(total parameters, active parameters per token, forward matmul FLOPs per token) of
+    chapter 08's ``MoEGPT``: the GPT above with every MLP replaced by ``n_experts`` GELU experts
+    C -> d_ff -> C (with biases) and a bias-free router (C x E). A token uses the router and
+    ``top_k`` experts; FLOPs follow :func:`forward_flops_per_token` (attention 4 L T C, the
+    tied head V C)."""
+    C = n_embd
+    dense_mlp = 8 * C * C + 5 * C
+    expert = 2 * C * d_ff + d_ff + C
+    router = C * n_experts
+    base = gpt_param_count(vocab_size, block_size, n_layer, C) - n_layer * dense_mlp
+    total = base + n_layer * (n_experts * expert + router)
+    active = base + n_layer * (top_k * expert + router)
+    mm = 4 * C * C + top_k * 2 * C * d_ff + router  # per layer: attention projections + FFN
+    flops = 2 * (n_layer * mm + vocab_size * C) + 4 * n_layer * seq_len * C
+    return int(total), int(active), int(flops)
