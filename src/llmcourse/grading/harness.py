@@ -20,9 +20,11 @@ def dump(inputs_path: str, out_path: str, entries: dict[str, str], record_ops: b
         namespace = vars(__main__)
     arrays, meta = codec.load(inputs_path)
     out_arrays, out_meta = {}, {}
+    ops: dict[str, list[str]] = {}
     for exid, entry in entries.items():
         results = []
         fn = namespace.get(entry)
+        seen: set[str] = set()
         for ci, case in enumerate(meta.get(exid, [])):
             if fn is None:
                 results.append({"error": f"`{entry}` is not defined"})
@@ -31,7 +33,15 @@ def dump(inputs_path: str, out_path: str, entries: dict[str, str], record_ops: b
                 ex = get(exid)
                 c = Case(case["label"], tuple(codec.decode(case["args"], arrays)),
                          codec.decode(case["kwargs"], arrays))
-                items = flatten(ex.call(fn, c))
+                if record_ops:
+                    from .opsmode import recorder
+
+                    with recorder() as rec:
+                        value = ex.call(fn, c)
+                    seen |= rec.names
+                else:
+                    value = ex.call(fn, c)
+                items = flatten(value)
                 got, items_meta = pack(items)
             except NotImplementedError:
                 results.append({"error": "not implemented yet"})
@@ -43,4 +53,6 @@ def dump(inputs_path: str, out_path: str, entries: dict[str, str], record_ops: b
                 out_arrays[output_key(exid, ci, i)] = arr
             results.append({"items": items_meta})
         out_meta[exid] = results
+        ops[exid] = sorted(seen)
+    out_meta["__ops__"] = ops
     codec.save(out_path, out_arrays, out_meta)

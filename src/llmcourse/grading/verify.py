@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ..checks.core import compare, exception_line
 from . import codec
+from .opsmode import forbidden_ops
 from .protocol import (ProtocolError, expected_items, expected_key, key, mistake_items,
                        mistake_key, output_items, pack)
 
@@ -160,6 +161,14 @@ def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str
             verdicts[exid] = _judge_one(exid, ex_meta[exid]["cases"], ex_arrays,
                                         got_meta.get(exid, []) if isinstance(got_meta, dict) else [],
                                         got_arrays)
+            ops = got_meta.get("__ops__", {}) if isinstance(got_meta, dict) else {}
+            names = ops.get(exid, []) if isinstance(ops, dict) else []
+            if isinstance(names, list):
+                hits = forbidden_ops([str(n) for n in names[:10_000]], ex_meta[exid]["forbid"])
+                if hits:
+                    op, target, why = hits[0]
+                    verdicts[exid] = Verdict(False, f"forbidden shortcut reached at run time: "
+                                                    f"`{op[:80]}` (counts as `{target}`) - {why}")
         except Exception as exc:  # hostile outputs must never stop the batch: fail closed
             verdicts[exid] = Verdict(False, f"malformed outputs ({type(exc).__name__})")
     return verdicts
