@@ -25,7 +25,7 @@ SETUP_SOURCE = '''\
 # @title Setup: run this cell first
 # Where the course library is missing (e.g. on Colab) this installs it from the course's
 # repository, keeping the PyTorch that is already installed.
-import importlib, importlib.util, os, subprocess, sys, tempfile
+import importlib, importlib.util, os, re, subprocess, sys, tempfile
 if importlib.util.find_spec("llmcourse") is None:
     course_url = os.environ.get("LLMCOURSE_INSTALL_URL", "git+{url}")
     pins = []
@@ -36,12 +36,14 @@ if importlib.util.find_spec("llmcourse") is None:
         pass
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\\n".join(pins))
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name,
-                          f"llmcourse @ {{course_url}}"], capture_output=True, text=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, course_url],
+                         capture_output=True, text=True)
     importlib.invalidate_caches()
     if pip.returncode != 0 or importlib.util.find_spec("llmcourse") is None:
-        lines = [l.strip() for l in (pip.stderr + pip.stdout).splitlines() if l.strip()]
-        why = next((l for l in lines if l.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        out = re.sub(r"\\x1b\\[[0-9;]*m", "", pip.stderr + pip.stdout)
+        lines = [l.strip() for l in out.splitlines() if len(l.strip()) > 3]
+        why = next((l for l in lines if l.startswith(("fatal:", "ERROR:", "error:"))),
+                   lines[-1] if lines else "")
         raise RuntimeError(
             f"Could not install the course library from {{course_url}} ({{why or 'no message'}}). "
             "This cell runs pip, which needs the internet: check that this runtime is online, "

@@ -71,6 +71,10 @@ def set_limits(limits: Limits) -> None:
 
 
 def bwrap() -> str | None:
+    """The bwrap executable ($LLMCOURSE_BWRAP overrides, e.g. to test the refusal)."""
+    if "LLMCOURSE_BWRAP" in os.environ:
+        path = os.environ["LLMCOURSE_BWRAP"]
+        return path if os.access(path, os.X_OK) else None
     return shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap") or None
 
 

@@ -49,13 +49,23 @@ def scan(exercises: dict[str, tuple[str, list]], cells: list[tuple[str, str]],
 def _main() -> None:
     sys.setrecursionlimit(2000)
     from ..checks.core import Rule
-    from ..checks.forbidden import violations_for
+    from ..checks.forbidden import definitions, violations_for
 
     data = json.load(sys.stdin)
     cells = [(str(a), str(b)) for a, b in data["cells"]]
     out = {}
+    try:
+        defined = set(definitions(cells)[0])
+    except (RecursionError, MemoryError, ValueError):
+        defined = None
     for exid, (entry, rules) in data["exercises"].items():
         try:
+            if defined is None:
+                raise RecursionError
+            if entry not in defined:  # made at run time (exec, a module's globals, ...)
+                out[exid] = [f"`{entry}` is not defined by the code of any answer cell (code made "
+                             "at run time is not an answer)"]
+                continue
             found = violations_for(entry, tuple(Rule(t, w, tuple(a)) for t, w, a in rules), cells)
             out[exid] = [str(v) for v in found[:1]]
         except (RecursionError, MemoryError, SyntaxError, ValueError) as exc:
