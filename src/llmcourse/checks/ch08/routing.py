@@ -484,7 +484,7 @@ class MoECounts(Exercise):
         def case(label, C, H, E, k, R):
             return Case(label, (C, H, E, k, R), **EXACT)
 
-        cases = [case("Mixtral 8x7B-like layer (C 4096, H 14336, 8 experts, top-2, 8 ranks)",
+        cases = [case("Mixtral 8x7B sizes (C 4096, H 14336, 8 experts, top-2, 8 ranks)",
                       4096, 14336, 8, 2, 8),
                  case("tiny: C 64, H 256, 4 experts, top-1, 2 ranks", 64, 256, 4, 1, 2)]
         if hidden:
