@@ -260,7 +260,9 @@ class RopeAttentionExercise(Exercise):
             kw = {} if start is None else {"positions": torch.arange(start, start + T)}
             if positions is not None:
                 kw = {"positions": torch.tensor(positions)}
-            return Case(label, args, kw)
+            # float32: RoPE angles computed in float32 (position * frequency) are off by
+            # ~1e-6 at positions ~100 against the float64 angles of the reference: atol 1e-5.
+            return Case(label, args, kw, **(dict(rtol=1e-5, atol=1e-5) if dtype == F32 else {}))
 
         cases = [
             case("GQA: 4 query heads, 2 kv heads, d_head 4", 2, 6, 16, 4, 2),

@@ -21,6 +21,8 @@ from ..core import Case, Exercise, Mistake
 from ..kit import generator, knob
 
 EXACT = dict(rtol=0.0, atol=0.0)
+# The notebook's experiment trains candidates with the course's modern LM and trainer.
+EXPERIMENT = ("modern", "training")
 SMALL_SPACE = {"activation": ["relu", "sq_relu"], "width": [16, 32, 48, 64],
                "dconv": [False, True]}
 
@@ -55,6 +57,7 @@ class Mutate(_Seeded):
     id = "03.mutate"
     entry = "mutate"
     title = "Mutation: one knob, a different option"
+    allow_reference = EXPERIMENT
     mistakes = (
         Mistake("can 'mutate' to the current option", "draw the new option among the OTHER options "
                 "of the knob (leave the current one out of the list), so every child differs from "
@@ -102,6 +105,7 @@ class TournamentSelect(_Seeded):
     id = "03.tournament_select"
     entry = "tournament_select"
     title = "Tournament selection"
+    allow_reference = EXPERIMENT
     mistakes = (
         Mistake("picked the highest score", "the score is a loss (validation loss above the floor): "
                 "the tournament's winner has the LOWEST score.", knob(_tournament, how="max")),
@@ -152,6 +156,7 @@ class AgeOut(Exercise):
     id = "03.age_out"
     entry = "age_out"
     title = "Ageing: the oldest leaves"
+    allow_reference = EXPERIMENT
     mistakes = (
         Mistake("removed the worst instead of the oldest", "that is plain tournament evolution; "
                 "REGULARIZED evolution removes the OLDEST member (index 0), whatever its score.",
@@ -203,6 +208,7 @@ class EqualComputeSteps(Exercise):
     id = "03.equal_compute_steps"
     entry = "equal_compute_steps"
     title = "Training steps at equal compute"
+    allow_reference = EXPERIMENT
     mistakes = (
         Mistake("forward FLOPs only", "training costs forward + backward = 3 x the forward's FLOPs.",
                 knob(_steps, backward=False)),
