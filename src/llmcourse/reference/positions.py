@@ -16,7 +16,9 @@ the 4-head slopes 1/4, 1/16, 1/64, 1/256 and then 1/2, 1/8. Hugging Face's BLOOM
 row, so the softmax is the same.
 
 :class:`PositionLM` is a small pre-LN GPT whose positions are ``"learned"`` (GPT-2's table),
-``"sinusoidal"`` (added to the input), ``"rope"`` (rotating q and k) or ``"alibi"`` (the bias
+``"sinusoidal"`` (added to the input, whose
+embeddings are first multiplied by sqrt(d) as in Vaswani et al. 2017: the table's entries are of
+size 1, the embeddings' of size 0.02), ``"rope"`` (rotating q and k) or ``"alibi"`` (the bias
 above; ``alibi_fn`` lets a notebook pass its own bias function). It can be run on windows
 longer than it was trained on, which the length-extrapolation experiment does.
 """
@@ -121,6 +123,8 @@ class PositionLM(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[-1]
         x = self.wte(idx)
+        if self.kind == "sinusoidal":  # as in Vaswani et al.: embeddings * sqrt(d), then + PE
+            x = x * math.sqrt(x.shape[-1])
         if self.kind in ("learned", "sinusoidal"):
             if T > self.max_len:
                 raise ValueError(f"{T} positions; this model has {self.max_len}")
