@@ -1,7 +1,8 @@
 """The rendered book: builds with warnings as errors, renders offline, leaks no answers.
 
-The slow tests share ONE build of the whole book (module fixture, ~10 s plus the time to
-execute the narrative pages) into a temporary folder; the repository is not written to.
+The slow tests share ONE build of the whole book with tests/test_browser.py (the session
+fixture ``book_html`` in conftest.py, ~10 s plus the time to execute the narrative pages) into
+a temporary folder; the repository is not written to.
 """
 
 from __future__ import annotations
@@ -46,22 +47,11 @@ VENDORED_DIRS = ("_static/mathjax/", "_static/mermaid/")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """Build the book once into a temporary folder; return its ``html`` folder."""
-    if not (REPO / "_vendor/static" / MATHJAX_JS).is_file():
-        pytest.fail("_vendor/static is empty: run `make vendor` (npm ci + llmcourse.book vendor)")
-    out = tmp_path_factory.mktemp("book")
-    bindir = Path(sys.executable).parent
-    exe = bindir / "jupyter-book"
-    cmd = [str(exe), "build", str(REPO), "--path-output", str(out), "--warningiserror",
-           "--keep-going", "--builder", "html"]
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    log = proc.stdout + proc.stderr
-    (out / "build.log").write_text(log, encoding="utf-8")
-    if proc.returncode != 0:
-        pytest.fail(f"jupyter-book build failed (exit {proc.returncode}); log tail:\n{log[-6000:]}")
-    return out / "_build" / "html"
+def built(book_html) -> Path:
+    """The book's ``html`` folder, built once per session (``book_html`` in conftest.py)."""
+    if not (book_html.parents[1] / "build.log").is_file():
+        pytest.skip("LLMCOURSE_BOOK_BUILD reuses a build that has no build.log")
+    return book_html
 
 
 def _files(root: Path, *, vendored: bool = True):
@@ -297,6 +287,51 @@ def test_config_publishes_only_the_toc_and_names_the_repository():
     for name in ("_toc.yml", "Makefile", "pyproject.toml"):
         path = REPO / name
         assert not path.is_file() or REPO_URL not in path.read_text(encoding="utf-8"), name
+
+
+def _toc_entries(entries=()):
+    """(file, title or None) for every page of _toc.yml, in order."""
+    if entries == ():
+        toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
+        yield toc["root"], None
+        for part in toc.get("parts", []):
+            yield from _toc_entries(part.get("chapters"))
+        return
+    for e in entries or []:
+        if "file" in e:
+            yield e["file"], e.get("title")
+        yield from _toc_entries(e.get("sections"))
+
+
+def _page_heading(doc: str) -> str:
+    path = REPO / f"{doc}.md"
+    if not path.is_file() and not (REPO / f"{doc}.ipynb").is_file():
+        doc = doc.replace("chapters/", "solutions/", 1)  # not released yet
+        path = REPO / f"{doc}.md"
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+    else:
+        nb = json.loads((REPO / f"{doc}.ipynb").read_text(encoding="utf-8"))
+        lines = [ln for c in nb["cells"] if c["cell_type"] == "markdown"
+                 for ln in "".join(c["source"]).splitlines()]
+    return next((ln[2:].strip() for ln in lines if ln.startswith("# ")), doc)
+
+
+def test_toc_titles_are_unique_and_mark_exercises():
+    """The sidebar shows each page's _toc.yml title (else its heading): no two alike, and an
+    exercise notebook says so ("Exercises: ..."), a reading page does not."""
+    shown, problems = {}, []
+    for doc, title in _toc_entries():
+        label = title or _page_heading(doc)
+        if label.lower() in shown:
+            problems.append(f"{doc}: {label!r} is also the title of {shown[label.lower()]}")
+        shown[label.lower()] = doc
+        is_notebook = any((REPO / f"{d}.ipynb").is_file()
+                          for d in (doc, doc.replace("chapters/", "solutions/", 1)))
+        if is_notebook != label.startswith("Exercises:"):
+            problems.append(f"{doc}: {label!r} " + ("needs `title: \"Exercises: ...\"` in _toc.yml"
+                                                    if is_notebook else "is not an exercise notebook"))
+    assert not problems, "\n".join(problems)
 
 
 def test_vendor_command_rejects_bad_input(tmp_path):

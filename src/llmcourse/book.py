@@ -23,6 +23,10 @@ Two jobs, both small:
    the "launch" (Colab) button from pages whose source is not an ``.ipynb``. The book
    theme offers it on every page with a kernel (our executed ``.md`` narrative pages too),
    but Colab can only open notebooks, so on those pages the link would be broken.
+
+3. It also adds ``static/llmcourse.css`` (mermaid diagrams at a readable size) and removes
+   duplicate ``<script>`` entries (sphinx-thebe registers its inline one twice, which the
+   browser reports as an error); tests/test_browser.py checks both in Chromium.
 """
 
 from __future__ import annotations
@@ -82,10 +86,35 @@ def _drop_launch_buttons_off_notebooks(app, pagename, templatename, context, doc
         ]
 
 
+def _dedupe_scripts(app, pagename, templatename, context, doctree):
+    # sphinx-thebe adds its inline `const THEBE_JS_URL = ...` once per read phase; a second
+    # copy on a page is a SyntaxError in the browser console ("already been declared").
+    if "script_files" in context:
+        seen, kept = set(), []
+        for js in context["script_files"]:
+            key = str(js)
+            if key not in seen:
+                seen.add(key)
+                kept.append(js)
+        context["script_files"] = kept
+
+
+#: Book-only files (CSS, favicon): served from _static/ (no .js here: see _config.yml).
+STATIC = Path(__file__).parent / "static"
+
+
+def _add_static(app, config):
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
+
+
 def setup(app):
-    """Sphinx extension entry point (see the module docstring, point 2)."""
+    """Sphinx extension entry point (see the module docstring, points 2 and 3)."""
     # sphinx-book-theme adds its buttons at priority 501; run after it.
     app.connect("html-page-context", _drop_launch_buttons_off_notebooks, priority=502)
+    # Early: html-page-context stops at the first handler that returns a template name.
+    app.connect("html-page-context", _dedupe_scripts, priority=100)
+    app.connect("config-inited", _add_static)
+    app.add_css_file("llmcourse.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 

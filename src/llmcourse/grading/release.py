@@ -42,7 +42,7 @@ if importlib.util.find_spec("llmcourse") is None:
     if pip.returncode != 0 or importlib.util.find_spec("llmcourse") is None:
         out = re.sub(r"\\x1b\\[[0-9;]*m", "", pip.stderr + pip.stdout)
         lines = [l.strip() for l in out.splitlines() if len(l.strip()) > 3]
-        why = next((l for l in lines if l.startswith(("fatal:", "ERROR:", "error:"))),
+        why = next((l for p in ("fatal:", "ERROR:", "error:") for l in lines if l.startswith(p)),
                    lines[-1] if lines else "")
         raise RuntimeError(
             f"Could not install the course library from {{course_url}} ({{why or 'no message'}}). "
