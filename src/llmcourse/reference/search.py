@@ -27,36 +27,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .modern import ModernConfig, swiglu_hidden
+from .modern import swiglu_hidden
 
-SPACE: dict[str, tuple] = {
-    "activation": ("relu", "gelu", "sq_relu", "swiglu"),
-    "norm": ("layer", "rms"),
-    "positions": ("learned", "rope"),
-    "dconv": (False, True),
-    "heads": ("mha", "gqa", "mqa"),
-    "n_embd": (32, 48, 64),
-    "n_layer": (1, 2, 3),
-}
-N_HEAD = 4
-KV_HEADS = {"mha": N_HEAD, "gqa": 2, "mqa": 1}
-# GPT-2's block (chapter 02) in this space: GELU, LayerNorm, learned positions, full heads.
-VANILLA = {"activation": "gelu", "norm": "layer", "positions": "learned", "dconv": False,
-           "heads": "mha", "n_embd": 48, "n_layer": 2}
-
-
-def arch_config(arch: dict, vocab_size: int = 256, block_size: int = 64) -> ModernConfig:
-    """The :class:`~llmcourse.reference.modern.ModernConfig` of an architecture dict."""
-    return ModernConfig(vocab_size=vocab_size, block_size=block_size, n_layer=arch["n_layer"],
-                        n_head=N_HEAD, n_kv_head=KV_HEADS[arch["heads"]], n_embd=arch["n_embd"],
-                        activation=arch["activation"], norm=arch["norm"],
-                        positions=arch["positions"], dconv=arch["dconv"], tie_weights=True)
-
-
-def describe(arch: dict) -> str:
-    return (f"{arch['n_layer']}x{arch['n_embd']} {arch['activation']}, {arch['norm']}, "
-            f"{arch['positions']}, {arch['heads']}" + (", dconv" if arch["dconv"] else ""))
-
+from .search_space import KV_HEADS, N_HEAD, SPACE, VANILLA, arch_config, describe, random_arch  # noqa: F401
 
 # ---------------------------------------------------------------------------------------
 # The graded pieces
@@ -133,10 +106,6 @@ class SearchHistory:
     def best(self) -> tuple[dict, float]:
         i = min(range(len(self.scores)), key=lambda j: self.scores[j])
         return self.archs[i], self.scores[i]
-
-
-def random_arch(space: dict, rng: random.Random) -> dict:
-    return {k: v[rng.randrange(len(v))] for k, v in space.items()}
 
 
 def regularized_evolution(evaluate: Callable[[dict], float], population_size: int,

@@ -21,8 +21,9 @@ from ..core import Case, Exercise, Mistake
 from ..kit import generator, knob
 
 EXACT = dict(rtol=0.0, atol=0.0)
-# The notebook's experiment trains candidates with the course's modern LM and trainer.
-EXPERIMENT = ("modern", "training")
+# The notebook's experiment trains candidates with the course's modern LM and trainer, over
+# the space of reference.search_space (the graded parts are in reference.search: forbidden).
+EXPERIMENT = ("modern", "training", "search_space")
 SMALL_SPACE = {"activation": ["relu", "sq_relu"], "width": [16, 32, 48, 64],
                "dconv": [False, True]}
 
