@@ -169,35 +169,59 @@ def prefix_log_prob(tokens, domain) -> float:
 
 def word_boundaries(doc: str) -> list[int]:
     """Character offsets e at which the prefix doc[:e] ends in a space (a word boundary),
-    plus 0 (nothing seen) and len(doc) (the whole document)."""
-    return [0] + [i + 1 for i, ch in enumerate(doc) if ch == " "] + [len(doc)]
+    plus 0 (nothing seen) and len(doc) (the whole text: a document, or a prefix of one that
+    ends at a word boundary)."""
+    return sorted({0, len(doc), *(i + 1 for i, ch in enumerate(doc) if ch == " ")})
+
+
+def _boundary_log_prob(tokens: list[str], k: int, domain) -> float:
+    """log P(first tokens are tokens[:k] and another word follows), exactly."""
+    lp = prefix_log_prob(tokens[:k], domain)
+    if lp == -math.inf:
+        return lp
+    attached = sum(math.exp(prefix_log_prob(tokens[:k] + [a], domain) - lp) for a in _ATTACHED)
+    return lp + math.log1p(-attached) if attached < 1.0 else -math.inf
+
+
+def text_prefix_log_prob(doc: str, e: int, domain) -> float:
+    """Exact log p(doc[:e]) under ``domain`` for a word boundary e (a space at doc[e-1]), or
+    e = len(doc) (the whole document), or e = 0."""
+    if e == 0:
+        return 0.0
+    if e == len(doc) and doc.endswith(END):
+        return S.document_log_prob(doc, _lang(domain))
+    if doc[e - 1] != " ":
+        raise ValueError("e must be a word boundary: doc[e - 1] == ' '")
+    return _boundary_log_prob(S._TOKEN.findall(doc), len(S._TOKEN.findall(doc[:e])), domain)
 
 
 def boundary_log_likelihoods(doc: str, domains=TRAIN_DOMAINS) -> tuple[list[int], list[list[float]]]:
     """(offsets e, log p(doc[:e] | d) for every offset and domain), exactly."""
     tokens = S._TOKEN.findall(doc)
-    if S.render(tokens) != doc:
-        raise ValueError("not a document of the synthetic language")
+    if S.render(tokens) + ("" if doc.endswith(END) else " ") != doc:
+        raise ValueError("not a document of the synthetic language, nor a prefix of one that "
+                         "ends at a word boundary")
     offsets = word_boundaries(doc)
     out = []
     for e in offsets:
-        if e == 0:
-            out.append([0.0] * len(domains))
-            continue
-        if e == len(doc):
-            out.append([S.document_log_prob(doc, _lang(d)) for d in domains])
+        if e == 0 or (e == len(doc) and doc.endswith(END)):
+            out.append([text_prefix_log_prob(doc, e, d) for d in domains])
             continue
         k = len(S._TOKEN.findall(doc[:e]))
-        row = []
-        for d in domains:
-            lp = prefix_log_prob(tokens[:k], d)
-            if lp == -math.inf:
-                row.append(lp)
-                continue
-            attached = sum(math.exp(prefix_log_prob(tokens[:k] + [a], d) - lp) for a in _ATTACHED)
-            row.append(lp + math.log1p(-attached) if attached < 1.0 else -math.inf)
-        out.append(row)
+        out.append([_boundary_log_prob(tokens, k, d) for d in domains])
     return offsets, out
+
+
+def eval_set(domain: str, n: int, max_len: int, seed: int = 2) -> list[tuple[str, float]]:
+    """``n`` test documents of ``domain``, each cut at its last word boundary within
+    ``max_len`` characters (kept whole when it fits), with the exact log-probability of the
+    kept text under its own domain: (text, log p(text)). A model's loss on these texts minus
+    -log p is its excess over the best possible loss, document by document."""
+    out = []
+    for doc in documents(domain, n, seed):
+        e = len(doc) if len(doc) <= max_len else max(b for b in word_boundaries(doc) if b <= max_len)
+        out.append((doc[:e], text_prefix_log_prob(doc, e, domain)))
+    return out
 
 
 def true_log_posterior(doc: str, domains=TRAIN_DOMAINS, prior=None) -> tuple[list[int], list[list[float]]]:

@@ -94,6 +94,7 @@ class SparseFFN(nn.Module):
         else:
             w, idx = M.top_k_route(logits.reshape(-1, E), self.k, normalize=self.k > 1)
             kept = torch.ones(B * T, dtype=torch.bool)
+            self.last_dropped = 0.0
         self.last_logits, self.last_indices = logits.reshape(-1, E), idx
         token, slot, counts = M.dispatch(idx, E)
         keep = kept[token]
@@ -202,3 +203,18 @@ def demix_scores(model: DEMixGPT, docs, max_len, prior: torch.Tensor):
     post = DX.domain_posterior(paths, prior.log())
     mix = DX.mixture_log_probs(logits, post).gather(-1, y[..., None])[..., 0] * mask
     return mix, paths, post
+
+
+@torch.no_grad()
+def route_shares(model: MoEGPT, docs, max_len) -> torch.Tensor:
+    """(n_layers, E): the fraction of (real) characters of ``docs`` each layer sends to each
+    expert (its first choice), and sets ``last_dropped`` on every layer."""
+    model.eval()
+    x, _, mask = doc_batch(docs, max_len)
+    model(x)
+    rows = []
+    for layer in model.moe_layers():
+        first = layer.last_indices[:, 0][mask.reshape(-1)]
+        E = layer.last_logits.shape[-1]
+        rows.append(torch.bincount(first, minlength=E).double() / len(first))
+    return torch.stack(rows)
