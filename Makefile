@@ -7,7 +7,7 @@ TORCH  := 2.13.0
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv vendor book test test-all release lab grade bench check clean
+.PHONY: venv vendor sandbox book test test-all release lab grade bench check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed sandbox
+
+# The grader runs every notebook in a bubblewrap sandbox: install Debian's bubblewrap when it
+# is missing and apt-get can be used (as root); otherwise say so (sandbox tests then skip).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; }; } || \
+	  echo "note: bubblewrap (bwrap) is not installed and cannot be installed here; llmcourse grade needs it (or --unsafe-no-sandbox)"
 
 # MathJax and mermaid from npm, so the book renders offline (the list of files copied
 # lives in src/llmcourse/book.py). The venv is order-only: it must exist, but a newer venv
@@ -31,11 +39,11 @@ vendor: venv _vendor/static/.installed
 book: vendor
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
 
-test: vendor
+test: vendor sandbox
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The same, with every cataloged mistake graded end to end through nbgrader (slower).
-test-all: vendor
+test-all: vendor sandbox
 	LLMCOURSE_E2E_PACKS=0 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 release: venv
@@ -44,7 +52,7 @@ release: venv
 lab: venv
 	$(BIN)/jupyter lab --notebook-dir=chapters
 
-grade: venv
+grade: venv sandbox
 	$(BIN)/llmcourse grade $(if $(SUBMISSIONS),$(SUBMISSIONS),autograder/submitted)
 
 bench: venv

@@ -4,7 +4,10 @@
 2. each solution notebook, executed with plain `jupyter nbconvert --execute` (target < 2 min);
 3. grading overhead: `llmcourse grade` on one notebook vs `jupyter nbconvert --execute` of
    the same notebook (median of 3 each; target ratio <= 1.2), with and without feedback HTML;
-4. a batch of 20 submissions: wall time and submissions per minute.
+4. a batch of 20 submissions: wall time and submissions per minute;
+5. the sandbox: `llmcourse grade` vs `jupyter nbconvert --execute` on the solved chapter 00
+   notebook (median of 5 paired runs, wall and CPU; target ratio <= 1.3), bwrap start-up per
+   notebook in ms, and the grader process's own peak memory on the largest allowed notebook.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from conftest import ROOT, chapter_names, filled_student_notebook, save  # noqa:
 from llmcourse.checks import all_exercises, run  # noqa: E402
 
 os.environ.pop("LLMCOURSE_QUICK", None)  # conftest sets it for the suite; the bench times full budgets
-SECTIONS = ("checks", "notebooks", "grading", "batch")
+SECTIONS = ("checks", "notebooks", "grading", "batch", "sandbox")
 
 
 def timed(cmd: list[str], **kw) -> float:
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"   {ch}/{name + '.ipynb':28s} {t:7.1f} s")
     if only & {"grading", "batch"}:
         _grading(only, tmp, jupyter, solved)
+    if "sandbox" in only:
+        _sandbox(tmp, jupyter)
 
 
 def _checks(prefixes: list[str]) -> None:
@@ -99,6 +104,63 @@ def _batch(tmp, grade, ch, name, path) -> None:
         save(tmp / "batch" / f"student{i:02d}" / path.name, filled_student_notebook(ch, name))
     t = timed(grade[:-2] + [str(tmp / "batch"), "--course-dir", str(tmp / "c3")], cwd=ROOT)
     print(f"   wall {t:.1f} s, {20 / t * 60:.1f} submissions per minute")
+
+
+def _cpu_timed(cmd: list[str], **kw) -> tuple[float, float]:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = timed(cmd, **kw)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return t, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _sandbox(tmp, jupyter) -> None:
+    from llmcourse.grading.protocol import JobDir
+    from llmcourse.grading.sandbox import Limits, command, probe
+
+    ch, name = "00-getting-started", "warmup"
+    path = save(tmp / "sandbox" / "solo" / f"{name}.ipynb", filled_student_notebook(ch, name))
+    ok, why = probe()
+    print(f"\n5. the sandbox ({why if ok else 'NOT AVAILABLE: ' + why})")
+    grade = [sys.executable, "-m", "llmcourse.cli", "grade", str(path), "--no-feedback",
+             "--seed", "1"] + ([] if ok else ["--unsafe-no-sandbox"]) + ["--course-dir"]
+    plain, graded = [], []
+    for i in range(5):  # paired: one of each, alternating, so machine load hits both
+        plain.append(_cpu_timed(jupyter + ["--output-dir", str(tmp / "out"), str(path)]))
+        graded.append(_cpu_timed(grade + [str(tmp / f"s{i}")], cwd=ROOT))
+    pw, pc = (statistics.median(x[k] for x in plain) for k in (0, 1))
+    gw, gc = (statistics.median(x[k] for x in graded) for k in (0, 1))
+    print(f"   nbconvert --execute            wall {pw:6.2f} s  cpu {pc:6.2f} s")
+    print(f"   llmcourse grade --no-feedback  wall {gw:6.2f} s  cpu {gc:6.2f} s   "
+          f"ratio wall {gw / pw:.2f}, cpu {gc / pc:.2f}")
+    if ok:
+        job = JobDir(tmp / "sandbox" / "job")
+        for d in (job.inbox, job.outbox, tmp / "sandbox" / "lib", tmp / "sandbox" / "in"):
+            d.mkdir(parents=True, exist_ok=True)
+        cmd = command(job, tmp / "sandbox" / "lib", tmp / "sandbox" / "in", Limits())
+        cmd = cmd[:cmd.index("--") + 1] + ["/bin/true"]
+        start = median_of(9, lambda: timed(cmd))
+        bare = median_of(9, lambda: timed(["/bin/true"]))
+        print(f"   sandbox start-up (bwrap, all binds, /bin/true): {1000 * (start - bare):.0f} ms")
+    # the grader's own peak memory on the largest notebook it accepts (cells of comments)
+    from llmcourse.grading.protocol import MAX_CELL_CHARS, MAX_NOTEBOOK_BYTES
+
+    nb = filled_student_notebook(ch, name)
+    filler = "#" * (MAX_CELL_CHARS - 100)
+    while len(__import__("json").dumps(nb)) + len(filler) + 500 < MAX_NOTEBOOK_BYTES * 0.97:
+        nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None,
+                            "outputs": [], "source": filler, "id": f"big{len(nb['cells'])}"})
+    big = save(tmp / "sandbox" / "big" / f"{name}.ipynb", nb)
+    probe_rss = ("import resource, sys; from llmcourse.cli import main; main(sys.argv[1:]); "
+                 "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe_rss, "grade", str(big), "--no-feedback",
+                          "--course-dir", str(tmp / "sbig")] + ([] if ok else ["--unsafe-no-sandbox"]),
+                         cwd=ROOT, capture_output=True, text=True)
+    rss = [ln for ln in out.stdout.splitlines() if ln.startswith("RSS")]
+    size = big.stat().st_size / 2**20
+    print(f"   grader's peak RSS on a {size:.0f} MB notebook: "
+          f"{int(rss[-1].split()[1]) / 1024:.0f} MB" if rss else f"   peak RSS: failed ({out.stderr[-200:]})")
 
 
 def _time(fn) -> float:
