@@ -237,6 +237,16 @@ def test_lm_equals_hf_llama_float64(kw):
     assert 1e-12 < err < 1e-5
 
 
+def test_hidden_states_are_what_the_output_layer_reads():
+    hf, ours = _pair(CONFIGS[1], F32)
+    idx = torch.randint(0, 41, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        h = M.hidden_states(ours, idx)
+        torch.testing.assert_close(ours.lm_head(h), ours(idx))
+        theirs = hf(idx, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(h, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_to_hf_llama_round_trip():
     cfg = M.ModernConfig(vocab_size=30, n_layer=1, n_head=2, n_kv_head=1, n_embd=16)
     torch.manual_seed(0)

@@ -330,6 +330,18 @@ class ModernLM(nn.Module):
         return idx
 
 
+def hidden_states(model: ModernLM, idx: torch.Tensor) -> torch.Tensor:
+    """The final hidden states (after the last ``norm``, what ``lm_head`` reads; Hugging
+    Face's ``hidden_states[-1]`` for LLaMA): (B, T) -> (B, T, n_embd)."""
+    pos = torch.arange(idx.shape[-1], device=idx.device)
+    x = model.embed_tokens(idx)
+    if model.config.positions == "learned":
+        x = x + model.wpe(pos)
+    for layer in model.layers:
+        x, _ = layer(x, pos)
+    return model.norm(x)
+
+
 # ---------------------------------------------------------------------------------------
 # KV-cache size
 
