@@ -39,12 +39,13 @@ def sandbox_available() -> tuple[bool, str]:
     return probe()
 
 
-def grade(path: Path, course_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def grade(path: Path, course_dir: Path, *extra: str,
+          timeout: float = 900) -> tuple[subprocess.CompletedProcess, list[dict]]:
     out = course_dir.parent / f"{course_dir.name}-result.json"
     if not sandbox_available()[0]:  # grading tests still run; the sandbox's own tests skip
         extra = (*extra, "--unsafe-no-sandbox")
     proc = llmcourse("grade", path, "--course-dir", course_dir, "--json", out, "--seed", "1234",
-                     *extra)
+                     *extra, timeout=timeout)
     rows = json.loads(out.read_text()) if out.exists() else []
     return proc, rows
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..checks.core import exception_line
 from .course import nbgrader_config
-from .learner import LearnerBuild, learner_build, pristine_copy
+from .learner import LearnerBuild, learner_build, notebook_reference_imports, pristine_copy
 from .protocol import BatchDir, printable, write_plan
 from .sandbox import NO_SANDBOX, probe
 from .scan import scan
@@ -167,7 +167,8 @@ def _prepare(assignment, index, root, options, seed, batch: BatchDir) -> Chapter
         info = maker.public()
     else:
         info = {}
-    build = learner_build(pristine, batch.library, assignment[:2], batch.public, info)
+    build = learner_build(pristine, batch.library, assignment[:2], batch.public, info,
+                          notebook_reference_imports(root / "solutions" / assignment))
     write_plan(batch.plan, {s.name: {e: entry for g in s.grade_cells.values()
                                      for e, entry in g.exercises.items()} for s in sources})
     cfg = nbgrader_config(root, options.course_dir, cell_timeout=options.cell_timeout,

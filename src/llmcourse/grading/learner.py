@@ -7,7 +7,8 @@
 * :func:`learner_build` makes, for one chapter, the library the kernel imports: no
   ``solutions/``, no hidden tests, no expected outputs of hidden cases, no instructor
   tooling, and no ``llmcourse.reference`` (``import llmcourse.reference`` fails) except the
-  modules the chapter's exercises may use (``Exercise.allow_reference``). Each exercise's
+  modules the chapter's exercises may use (``Exercise.allow_reference``) and those its
+  notebooks' lab cells import (with what they import). Each exercise's
   public cases come precomputed (:mod:`.learner_specs`), so ``check()`` works as usual.
 
   A chapter with an exercise whose spec defines its own ``call`` (the build cannot call
@@ -30,7 +31,7 @@ from .protocol import safe_name
 # Grading modules the sandbox needs (the in-sandbox runner and the verification harness).
 SANDBOX_GRADING = {"__init__.py", "protocol.py", "codec.py", "harness.py", "runner.py",
                    "sandbox.py", "opsmode.py"}
-INSTRUCTOR_ONLY = ("authoring.py", "book.py", "cli.py", "scripts", "static")
+INSTRUCTOR_ONLY = ("authoring.py", "book.py", "cli.py", "static")
 
 
 def tree_digest(root: Path) -> str:
@@ -90,9 +91,39 @@ def _reference_deps(ref_dir: Path, names: set[str]) -> set[str]:
     return seen
 
 
+def notebook_reference_imports(folder: Path) -> set[str]:
+    """Reference modules the chapter's notebooks import in their own (lab) cells."""
+    found = set()
+    for path in sorted(folder.glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8")).get("cells", []):
+            if cell.get("cell_type") != "code":
+                continue
+            src = cell.get("source", "")
+            src = "".join(src) if isinstance(src, list) else src
+            try:
+                tree = ast.parse("\n".join("" if ln.lstrip().startswith(("%", "!")) else ln
+                                           for ln in src.splitlines()))
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    names = [node.value]
+                for n in names:
+                    if n.startswith("llmcourse.reference.") and n.count(".") >= 2:
+                        found.add(n.split(".")[2])
+    return found
+
+
 def learner_build(pristine: Path, dest: Path, chapter: str, public_dir: Path,
-                  info: dict[str, dict]) -> LearnerBuild:
-    """Make ``dest/llmcourse`` for chapter ``chapter`` (``NN``) from the pristine copy."""
+                  info: dict[str, dict], lab_modules: set[str] = frozenset()) -> LearnerBuild:
+    """Make ``dest/llmcourse`` for chapter ``chapter`` (``NN``) from the pristine copy.
+
+    ``lab_modules``: reference modules the chapter's notebooks import outside the answers."""
     pkg = dest / "llmcourse"
     shutil.copytree(pristine / "llmcourse", pkg, ignore=_ignore, symlinks=False)
     for name in INSTRUCTOR_ONLY:
@@ -112,6 +143,7 @@ def learner_build(pristine: Path, dest: Path, chapter: str, public_dir: Path,
         keep = sorted(p.stem for p in ref.glob("*.py") if p.stem != "__init__")
     else:
         allowed = {m.split(".")[0] for v in info.values() for m in v.get("allow_reference", [])}
+        allowed |= set(lab_modules)
         keep = sorted(_reference_deps(ref, allowed))
         if keep:
             for p in ref.glob("*.py"):
@@ -129,6 +161,9 @@ def learner_build(pristine: Path, dest: Path, chapter: str, public_dir: Path,
             f = public_dir / f"{safe_name(exid)}.bin"
             if f.exists():
                 shutil.copy(f, data / f.name)
+    import compileall
+
+    compileall.compile_dir(str(pkg), quiet=2, workers=1)  # the sandbox cannot write caches
     (pkg / "LEARNER_BUILD.json").write_text(json.dumps({"chapter": chapter, "full": full,
                                                          "reference": keep}))
     return LearnerBuild(dest, full, keep)

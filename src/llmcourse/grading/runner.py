@@ -59,6 +59,7 @@ class Runner(NotebookClient):
     def run(self) -> None:
         deadline = time.monotonic() + int(self.job["notebook_timeout"])
         with self.setup_kernel():
+            self._warm_up()
             for index, cell in enumerate(self.nb.cells):
                 if cell.cell_type != "code":
                     continue
@@ -75,6 +76,20 @@ class Runner(NotebookClient):
             if not self._dead and self.job.get("entries"):
                 self.timeout = int(self.job["cell_timeout"])
                 self._verify()
+
+    def _warm_up(self) -> None:
+        """Import torch and the checks before the learner's first cell (not timed as one of
+        its cells: on a busy machine the import alone can take longer than a cell's limit)."""
+        cell = new_code_cell("import torch, numpy, llmcourse.checks, llmcourse.grading.harness")
+        self.nb.cells.insert(0, cell)
+        self.timeout = max(120, int(self.job["cell_timeout"]))
+        try:
+            self.execute_cell(cell, 0, store_history=False)
+        except (CellTimeoutError, DeadKernelError):
+            pass
+        finally:
+            self.nb.cells.pop(0)
+            self._out_chars.clear()
 
     def _execute(self, cell, index, **kw) -> None:
         try:
