@@ -49,8 +49,13 @@ test-all: vendor sandbox
 release: venv
 	$(BIN)/llmcourse release
 
+# JupyterLab for learners and instructors alike: served from the repository root (so
+# nbgrader's course root, autograder/, is under it) and opened on chapters/. autograder/ is
+# on the Jupyter config path: nbgrader finds its nbgrader_config.py there (the formgrader
+# works), and JupyterLab its labconfig/ (the .md reading pages open as notebooks, jupytext).
 lab: venv
-	$(BIN)/jupyter lab --notebook-dir=chapters
+	JUPYTER_CONFIG_PATH=$(abspath autograder) $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) \
+		--LabApp.default_url=/lab/tree/chapters $(ARGS)
 
 grade: venv sandbox
 	$(BIN)/llmcourse grade $(if $(SUBMISSIONS),$(SUBMISSIONS),autograder/submitted)
