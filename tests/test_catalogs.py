@@ -62,6 +62,6 @@ def test_cases_are_seeded_and_travel(ex):
                                     for k in arrays_a)
     buf = io.BytesIO()
     codec.save(buf, arrays_a, meta_a)
-    arrays, meta = codec.load(io.BytesIO(buf.getvalue()))
+    arrays, meta = codec.loads(buf.getvalue())
     assert meta == meta_a
     assert len(ex.cases(5, True)) > len(ex.cases(5, False)), "hidden cases must add cases"
