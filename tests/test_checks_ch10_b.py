@@ -54,7 +54,7 @@ def fedavg_autograd(params, clients, lr, local_steps=1):
     return out
 
 
-def alibi_bloom_style(n_heads, T, dtype=torch.float32):
+def alibi_bloom_style(n_heads, T):
     closest = 2 ** math.floor(math.log2(n_heads))
     base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
     slopes = [base ** i for i in range(1, closest + 1)]
@@ -64,7 +64,7 @@ def alibi_bloom_style(n_heads, T, dtype=torch.float32):
     m = torch.tensor(slopes, dtype=torch.float64)
     i = torch.arange(T)
     dist = (i[None, :] - i[:, None]).double()  # j - i
-    return (m[:, None, None] * dist).masked_fill(dist > 0, float("-inf")).to(dtype)
+    return (m[:, None, None] * dist).masked_fill(dist > 0, float("-inf")).float()
 
 
 def lens_layer_norm(resid, ln_weight, ln_bias, unembed, eps=1e-5):
