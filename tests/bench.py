@@ -7,7 +7,10 @@
 4. a batch of 20 submissions: wall time and submissions per minute;
 5. the sandbox: `llmcourse grade` vs `jupyter nbconvert --execute` on the solved chapter 00
    notebook (median of 5 paired runs, wall and CPU; target ratio <= 1.3), bwrap start-up per
-   notebook in ms, and the grader process's own peak memory on the largest allowed notebook.
+   notebook in ms, and the grader process's own peak memory on the largest allowed notebook;
+6. the book (`--only book`): a clean build (empty build folder and execution cache), a
+   rebuild from an empty build folder with the execution cache kept, and an incremental
+   rebuild with nothing changed (target for the cached ones: <= 60 s on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from conftest import ROOT, chapter_names, filled_student_notebook, save  # noqa:
 from llmcourse.checks import all_exercises, run  # noqa: E402
 
 os.environ.pop("LLMCOURSE_QUICK", None)  # conftest sets it for the suite; the bench times full budgets
-SECTIONS = ("checks", "notebooks", "grading", "batch", "sandbox")
+SECTIONS = ("checks", "notebooks", "grading", "batch", "sandbox", "book")
 
 
 def timed(cmd: list[str], **kw) -> float:
@@ -70,6 +73,26 @@ def main(argv: list[str] | None = None) -> None:
         _grading(only, tmp, jupyter, solved)
     if "sandbox" in only:
         _sandbox(tmp, jupyter)
+    if "book" in only:
+        _book(tmp / "book")
+
+
+def _book(out: Path) -> None:
+    import shutil
+
+    print("\n6. the book (jupyter-book build, narrative pages executed; cache keyed on the library)")
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output",
+           str(out), "--warningiserror", "--keep-going", "--builder", "html"]
+    env = {**os.environ, "LLMCOURSE_BOOK_CACHE": str(out / "_build")}
+    build = out / "_build"
+    t = timed(cmd, cwd=ROOT, env=env)
+    print(f"   clean build (no build folder, no cache)      {t:7.1f} s")
+    for name in ("html", ".doctrees", "jupyter_execute"):
+        shutil.rmtree(build / name, ignore_errors=True)
+    t = timed(cmd, cwd=ROOT, env=env)
+    print(f"   rebuild, empty build folder, cache kept      {t:7.1f} s   (target <= 60 s)")
+    t = timed(cmd, cwd=ROOT, env=env)
+    print(f"   incremental rebuild, nothing changed         {t:7.1f} s   (target <= 60 s)")
 
 
 def _checks(prefixes: list[str]) -> None:

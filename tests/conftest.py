@@ -99,7 +99,11 @@ def book_html(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
     cmd = [str(Path(BIN) / "jupyter-book"), "build", str(ROOT), "--path-output", str(out),
            "--warningiserror", "--keep-going", "--builder", "html"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    # The narrative pages' outputs are cached in the repository's _build/ (keyed on each
+    # page's code and on the library's hash, see llmcourse.book), shared with `make book`.
+    env = {**os.environ, "LLMCOURSE_BOOK_CACHE": str(ROOT / "_build")}
+    (ROOT / "_build").mkdir(exist_ok=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     log = proc.stdout + proc.stderr
     (out / "build.log").write_text(log, encoding="utf-8")
     if proc.returncode != 0:

@@ -27,10 +27,16 @@ Two jobs, both small:
 3. It also adds ``static/llmcourse.css`` (mermaid diagrams at a readable size) and removes
    duplicate ``<script>`` entries (sphinx-thebe registers its inline one twice, which the
    browser reports as an error); tests/test_browser.py checks both in Chromium.
+
+4. The narrative pages' execution is cached (``execute_notebooks: cache``) without hiding a
+   change in the library: see :func:`_execution_cache` and :func:`_reread_on_library_change`.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -107,6 +113,50 @@ def _add_static(app, config):
     config.html_static_path = [*config.html_static_path, str(STATIC)]
 
 
+@functools.lru_cache(maxsize=1)
+def library_hash() -> str:
+    """A hash of what the narrative pages' code runs on: every file of the installed
+    ``llmcourse`` package (code and shipped data) and the versions of torch, numpy, matplotlib."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    pkg = Path(__file__).parent
+    for path in sorted(pkg.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes())
+    for dist in ("torch", "numpy", "matplotlib"):
+        try:
+            h.update(f"{dist}=={version(dist)}".encode())
+        except PackageNotFoundError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def _execution_cache(app, config):
+    """``execute_notebooks: cache`` keyed on the library too. jupyter-cache keys a page on its
+    code cells only, so the cache folder is named after :func:`library_hash`: a change in
+    ``llmcourse`` starts an empty cache (older ones are deleted), and every page runs again.
+    ``LLMCOURSE_BOOK_CACHE`` sets the folder it lives in (default: the build folder)."""
+    if config.nb_execution_mode != "cache":
+        return
+    root = Path(os.environ.get("LLMCOURSE_BOOK_CACHE") or Path(app.outdir).parent).resolve()
+    path = root / f".jupyter_cache-{library_hash()}"
+    for old in root.glob(".jupyter_cache-*"):
+        if old != path:
+            shutil.rmtree(old, ignore_errors=True)
+    config.nb_execution_cache_path = str(path)
+
+
+def _reread_on_library_change(app, env, added, changed, removed):
+    # Sphinx re-reads only pages whose source changed; a page whose code calls a changed
+    # library must be re-read (and so re-executed) too.
+    current, before = library_hash(), getattr(env, "llmcourse_library_hash", None)
+    env.llmcourse_library_hash = current
+    if before is not None and before != current:
+        return sorted(set(env.found_docs) - set(added) - set(changed))
+    return []
+
+
 def setup(app):
     """Sphinx extension entry point (see the module docstring, points 2 and 3)."""
     # sphinx-book-theme adds its buttons at priority 501; run after it.
@@ -114,6 +164,8 @@ def setup(app):
     # Early: html-page-context stops at the first handler that returns a template name.
     app.connect("html-page-context", _dedupe_scripts, priority=100)
     app.connect("config-inited", _add_static)
+    app.connect("config-inited", _execution_cache)
+    app.connect("env-get-outdated", _reread_on_library_change)
     app.add_css_file("llmcourse.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
