@@ -53,6 +53,10 @@ class TopKRouter(Exercise):
     def reference(self, logits, k, normalize=True):
         return ref.top_k_route(logits, k, normalize)
 
+    def call(self, fn, case):
+        out = fn(*case.args, **case.kwargs)  # torch.topk's named tuple is a fine answer too
+        return tuple(out) if isinstance(out, tuple) else out
+
     def cases(self, seed, hidden):
         g = generator(seed)
 
