@@ -330,3 +330,13 @@ def test_demix_and_moe_gpts_train_a_step():
     loss = XM.moe_loss()(sw, idx, idx)
     loss.backward()
     assert 0 < sw.moe_layers()[0].last_dropped < 1
+
+
+def test_eval_texts_are_cut_at_word_boundaries_with_exact_log_probs():
+    for text, lp in DOM.eval_set("mixed", 12, 100, seed=3):
+        assert len(text) <= 100 or text.endswith("\n")
+        assert text.endswith((" ", "\n"))
+        offsets, ll = DOM.boundary_log_likelihoods(text, ("mixed",))
+        assert offsets[-1] == len(text) and ll[-1][0] == pytest.approx(lp, abs=1e-9)
+        full = [d for d in DOM.documents("mixed", 12, 3) if d.startswith(text)]
+        assert full and lp >= DOM.cross_log_prob(full[0], "mixed") - 1e-9  # a prefix is likelier
