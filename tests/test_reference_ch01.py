@@ -197,6 +197,123 @@ def test_benchmark_runs(capsys):
     assert "BPE training" in capsys.readouterr().out
 
 
+
+# -- special tokens, streaming, GPT-2's files ----------------------------------------------
+
+SPECIALS = ["<|endoftext|>", "<|endoftext|><|endoftext|>", "<|im_start|>"]  # two overlap
+DOC = ("Hi  there<|endoftext|>  x<|endoftext|><|endoftext|>\n\n  def<|im_start|>  <|endof"
+       + MIXED + TRAIN_TEXT[:1500] + "<|endoftext|>") * 2
+
+
+def test_special_tokens_are_never_merged_in_training():
+    docs = [TRAIN_TEXT[i:i + 40] for i in range(0, 4000, 40)]
+    text = "<|endoftext|>".join(docs)  # the separator is the most frequent string
+    merges = bpe.train(text, 150, special_tokens=["<|endoftext|>"])
+    assert not any(b"<|" in tok or b"|>" in tok or b"endoftext" in tok for tok in bpe.vocab(merges))
+    assert any(b"endoftext" in tok for tok in bpe.vocab(bpe.train(text, 150)))  # without: merged
+    # nothing is learned across a separator: the same as the documents' chunks counted apart
+    assert merges == _naive_train_chunks(Counter(c for d in docs for c in bpe.pretokenize(d)), 150)
+
+
+def _naive_train_chunks(chunks, n):
+    words = {c: list(c.encode("utf-8")) for c in chunks}
+    merges = []
+    while len(merges) < n:
+        counts = Counter()
+        for c, ids in words.items():
+            for p in zip(ids, ids[1:]):
+                counts[p] += chunks[c]
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(best)
+        words = {c: bpe.merge(ids, best, 255 + len(merges)) for c, ids in words.items()}
+    return merges
+
+
+def test_special_tokens_match_hugging_face_longest_first():
+    """HF `tokenizers`' added tokens are matched leftmost-longest, never split."""
+    tok = _hf()
+    codec = bpe.Codec(MERGES, SPECIALS)
+    hf = __import__("tokenizers").Tokenizer.from_str(tok.to_str())
+    hf.add_special_tokens(SPECIALS)
+    assert [hf.token_to_id(s) for s in SPECIALS] == [codec.special_tokens[s] for s in SPECIALS]
+    ids = codec.encode(DOC)
+    assert ids == hf.encode(DOC).ids
+    assert codec.special_tokens["<|endoftext|><|endoftext|>"] in ids
+    assert codec.decode(ids) == DOC
+    assert bpe.encode("<|endoftext|>", MERGES, ["<|endoftext|>"]) == [256 + len(MERGES)]
+
+
+def test_encode_iterable_equals_encode_for_any_split():
+    import random
+
+    codec = bpe.Codec(MERGES, SPECIALS)
+    whole = codec.encode(DOC)
+    rng = random.Random(0)
+    for _ in range(100):
+        cuts = sorted(rng.sample(range(len(DOC)), rng.randint(1, 300)))
+        parts = [DOC[a:b] for a, b in zip([0] + cuts, cuts + [len(DOC)])]
+        assert list(codec.encode_iterable(parts)) == whole
+    assert list(codec.encode_iterable(iter(DOC))) == whole  # one character at a time
+    assert list(codec.encode_iterable([])) == []
+
+
+def test_encode_iterable_memory_is_bounded(tmp_path):
+    import tracemalloc
+
+    codec = bpe.Codec(MERGES, SPECIALS)
+    path = tmp_path / "big.txt"
+    block = DOC * 20  # ~200 kB
+    path.write_text(block * 20, encoding="utf-8")  # ~4 MB
+    tracemalloc.start()
+    with open(path, encoding="utf-8") as f:
+        n = sum(1 for _ in codec.encode_iterable(f))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == 20 * len(codec.encode(block))
+    assert peak < 2_000_000, peak  # the file is 4 MB; its token list alone would be ~10 MB
+
+
+def test_saved_files_load_in_gpt2_tokenizer(tmp_path):
+    """Our vocab.json/merges.txt read by `transformers`' GPT2Tokenizer (GPT-2's encoder.py)."""
+    transformers = pytest.importorskip("transformers")
+    codec = bpe.Codec(MERGES, ["<|endoftext|>"])
+    vocab_file, merges_file = codec.save(tmp_path)
+    assert merges_file.read_text(encoding="utf-8").startswith("#version: 0.2\n")
+    gpt2 = transformers.GPT2Tokenizer(str(vocab_file), str(merges_file))
+    loaded = bpe.Codec.load(vocab_file, merges_file)
+    text = "Hi there<|endoftext|>" + MIXED + TRAIN_TEXT[:2000]  # letters and digits only: same split
+    assert codec.encode(text) == gpt2.encode(text) == loaded.encode(text)
+    assert loaded.merges == codec.merges and loaded.special_tokens == codec.special_tokens
+
+
+def _gpt2_files():
+    """GPT-2's own encoder.json + vocab.bpe where tiktoken has cached them (no download)."""
+    import hashlib
+    import os
+    import tempfile
+    from pathlib import Path
+
+    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR", "")) or
+                 Path(tempfile.gettempdir()) / "data-gym-cache")
+    files = [cache / hashlib.sha1((base + name).encode()).hexdigest()
+             for name in ("encoder.json", "vocab.bpe")]
+    return files if all(f.exists() for f in files) else None
+
+
+def test_gpt2_files_encode_like_tiktoken():
+    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken not installed: GPT-2 comparison skipped")
+    files = _gpt2_files()
+    if files is None:
+        pytest.skip("GPT-2's files not in tiktoken's local cache: comparison skipped (no download)")
+    codec = bpe.Codec.load(*files, pattern=bpe.gpt2_regex())
+    enc = tiktoken.get_encoding("gpt2")
+    for text in [DOC, MIXED, python_stdlib(20_000, seed=3), "<|endoftext|>x<|endoftext|>"]:
+        assert codec.encode(text) == enc.encode(text, allowed_special="all")
+
+
 # -- MLP language model --------------------------------------------------------------------
 
 @pytest.mark.parametrize("direct", [False, True])
