@@ -340,7 +340,7 @@ def test_the_sandbox_holds(batch):
     assert _token_files(tmp / "course", tmp / "submissions", ROOT / "solutions" / CH) == []
     out = tmp / "course" / "autograded" / "attacker" / CH / f"{NB}.ipynb"
     cell = next(c for c in load(out)["cells"] if c.get("id") == "extra2")
-    said = "".join(o.get("text", "") for o in cell["outputs"])
+    said = "".join("".join(o.get("text", "")) for o in cell["outputs"])
     assert "no reference" in said and "no network" in said and "procs" in said, said
     for word in ("WROTE", "READ ", "IMPORTED", "CONNECTED"):
         assert word not in said, said

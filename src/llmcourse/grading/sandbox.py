@@ -62,12 +62,27 @@ class Limits:
     wall: int = 900  # seconds for the whole run
 
 
-def set_limits(limits: Limits) -> None:
+def _my_processes() -> int:
+    """Processes of this uid now (RLIMIT_NPROC counts them all, not just the sandbox's)."""
+    uid, n = os.getuid(), 0
+    for pid in os.listdir("/proc"):
+        try:
+            n += pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid
+        except OSError:
+            pass
+    return n
+
+
+def set_limits(limits: Limits, nproc_base: int = 0) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.fsize, limits.fsize))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu, limits.cpu))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
+    nproc = limits.nproc + nproc_base
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if hard != resource.RLIM_INFINITY:
+        nproc = min(nproc, hard)
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
 def bwrap() -> str | None:
@@ -168,6 +183,8 @@ def _pids_cgroup(limit: int) -> str | None:
 
 
 def _child_setup(limits: Limits, cgroup: str | None):
+    base = _my_processes()
+
     def setup():
         if cgroup:
             try:
@@ -175,7 +192,7 @@ def _child_setup(limits: Limits, cgroup: str | None):
                     f.write(str(os.getpid()))
             except OSError:
                 pass
-        set_limits(limits)
+        set_limits(limits, base)
     return setup
 
 
