@@ -140,6 +140,7 @@ class BpeTrain(_ListExercise):
     """Train byte-level BPE merges."""
     id = "01.bpe_train"
     entry = "bpe_train"
+    uses = ("01.bpe_merge",)
     forbid = NO_TOKENIZER_LIBRARIES
     mistakes = (
         Mistake("merges across chunk boundaries", "split the text with the pre-tokenizer PATTERN "
@@ -214,6 +215,7 @@ class BpeEncode(_ListExercise):
     """Encode text with BPE merges."""
     id = "01.bpe_encode"
     entry = "bpe_encode"
+    uses = ("01.bpe_merge",)
     forbid = NO_TOKENIZER_LIBRARIES
     mistakes = (
         Mistake("merges across chunk boundaries", "pre-tokenize with PATTERN and encode each "
@@ -287,3 +289,98 @@ class BpeDecode(_ListExercise):
                 Case("an emoji cut in two", (emoji[:2] + [32] + emoji, merges)),
             ]
         return _bpe_cases(seed, hidden, make)
+
+
+# -- special tokens ------------------------------------------------------------------------
+
+def _split_with(order, escape=True, keep_empty=False, keep_specials=True, guard_empty=True):
+    """A splitter with switches that reproduce known mistakes (order: specials -> order)."""
+    import re
+
+    def split(text, special_tokens):
+        if guard_empty and not special_tokens:
+            return [text] if text else []
+        body = "|".join(re.escape(s) if escape else s for s in order(list(special_tokens)))
+        pieces = re.split(f"({body})" if keep_specials else body, text)
+        return pieces if keep_empty else [p for p in pieces if p]
+    return split
+
+
+def _longest_first(specials):
+    return sorted(specials, key=len, reverse=True)
+
+
+def _shortest_first(specials):
+    return sorted(specials, key=len)
+
+
+def _as_given(specials):
+    return list(specials)
+
+
+class _PiecesExercise(Exercise):
+    """A list of strings, compared piece by piece as code points (length first)."""
+
+    def call(self, fn, case):
+        out = fn(*case.args, **case.kwargs)
+        if isinstance(out, (list, tuple)) and all(isinstance(p, str) for p in out):
+            return [torch.tensor([ord(ch) for ch in p], dtype=torch.int64) for p in out]
+        return out
+
+
+_EOT, _EOT2, _IM = "<|endoftext|>", "<|endoftext|><|endoftext|>", "<|im_start|>"
+
+
+@register
+class BpeSplitSpecial(_PiecesExercise):
+    """Cut special tokens out of a text, longest first."""
+    id = "01.bpe_split_special"
+    entry = "bpe_split_special"
+    forbid = NO_TOKENIZER_LIBRARIES
+    mistakes = (
+        Mistake("special tokens dropped", "put the alternation in a capture group, "
+                "re.split('(' + ... + ')', text): re.split then keeps the separators.",
+                _split_with(_longest_first, keep_specials=False)),
+        Mistake("empty pieces kept", "re.split returns '' between two adjacent special tokens "
+                "and at the ends: drop the empty strings.", _split_with(_longest_first, keep_empty=True)),
+        Mistake("shorter special token matched first", "sort the special tokens by length, "
+                "longest first: '<|endoftext|><|endoftext|>' must not become two "
+                "'<|endoftext|>'.", _split_with(_shortest_first)),
+        Mistake("special tokens tried in the order given", "the order of the list must not "
+                "matter: try the longest special token first.", _split_with(_as_given)),
+        Mistake("regex characters not escaped", "'|', '[', '(' ... are regex syntax: join "
+                "re.escape(s) for each special token.", _split_with(_longest_first, escape=False)),
+        Mistake("no special tokens: split into characters", "with an empty list the pattern is "
+                "'()', which matches everywhere: return [text] (or [] for '').",
+                _split_with(_longest_first, guard_empty=False)),
+    )
+
+    def reference(self, text, special_tokens):
+        return ref_bpe.split_specials(text, tuple(special_tokens))
+
+    def cases(self, seed, hidden):
+        cases = [
+            Case("two documents", ("a cat sat." + _EOT + "a dog ran.", [_EOT])),
+            Case("adjacent, first and last", (_EOT + "x" + _EOT + _EOT + "y" + _EOT, [_EOT])),
+            Case("overlap, longer listed last", ("a" + _EOT2 + "b" + _EOT + "c", [_EOT, _EOT2])),
+            Case("overlap, longer listed first", (_EOT2 + _EOT + "b" + _EOT2, [_EOT2, _EOT, _IM])),
+            Case("no special tokens", ("hello <|world|>", [])),
+        ]
+        if hidden:
+            g = generator(seed)
+            docs = [corpus(60, seed=seed + k)[:20 + int(torch.randint(0, 40, (1,), generator=g))]
+                    for k in range(5)]
+            seps = [_EOT, _IM, _EOT2]
+            text = docs[0]
+            for k, d in enumerate(docs[1:]):
+                text += seps[int(torch.randint(0, 3, (1,), generator=g))] + d
+            cases += [
+                Case("random documents", (text, [_IM, _EOT, _EOT2])),
+                Case("regex characters", ("[MASK] is (*) or [MASK]. a|b", ["[MASK]", "(*)", "|"])),
+                Case("a prefix of another", ("<|im|><|im_start|><|im|>", ["<|im|>", _IM])),
+                Case("not present", ("plain text, no markers", [_EOT])),
+                Case("empty text", ("", [_EOT])),
+                Case("only a special token", (_EOT2, [_EOT, _EOT2])),
+                Case("Chinese around it", ("我爱" + _EOT + "语言", [_EOT])),
+            ]
+        return cases
