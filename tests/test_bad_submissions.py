@@ -318,7 +318,7 @@ def test_hostile_learners_gain_nothing(batch):
     assert hidden["test_softmax"]["points"] == 0
     assert "reached at run time: `aten::_softmax`" in hidden["test_softmax"]["reason"], hidden
     assert hidden["test_log_softmax"]["points"] == 0
-    assert "dynamic code" in hidden["test_log_softmax"]["reason"], hidden
+    assert "made at run time" in hidden["test_log_softmax"]["reason"], hidden
     assert hidden["test_cross_entropy"]["points"] == 2  # the honest part keeps its points
 
 
