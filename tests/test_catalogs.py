@@ -1,5 +1,7 @@
 """Rails for every exercise of every chapter: the reference passes, each cataloged mistake
-fails and is named, a stub is 'not implemented', and every case can travel to the grader."""
+fails and is named (and only mistakes consistent with every case run are named), every pair
+of mistakes is told apart by a public case, a stub is 'not implemented', and every case can
+travel to the grader."""
 
 import io
 
@@ -34,14 +36,50 @@ def test_reference_passes_public_and_hidden(ex):
     assert r.status == "pass", str(r)
 
 
+def _group(ex, m) -> set[str]:
+    """The mistakes ``m`` is declared indistinguishable from (itself included)."""
+    return set().union({m.name}, *(set(g) for g in ex.indistinguishable if m.name in g))
+
+
 @pytest.mark.parametrize("ex", EXERCISES, ids=ids)
 def test_each_mistake_fails_and_is_named(ex):
+    """Every cataloged mistake fails the hidden check and is named; the diagnosis holds only
+    mistakes consistent with every case run (itself, or the ones declared indistinguishable
+    from it). On the public cases the same holds by test_mistakes_are_told_apart."""
     assert ex.mistakes, f"{ex.id} has no mistake catalog"
     for m in ex.mistakes:
         r = run(ex, m.impl, hidden=True)
         assert r.status in ("fail", "error"), f"{ex.id}: mistake {m.name!r} passes"
-        assert r.diagnosis is m, f"{ex.id}: {m.name!r} diagnosed as {r.diagnosis and r.diagnosis.name}"
+        named = {d.name for d in r.diagnoses}
+        assert m in r.diagnoses and named <= _group(ex, m), (
+            f"{ex.id}: {m.name!r} diagnosed as {sorted(named)}")
         assert m.name in str(r)
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=ids)
+def test_mistakes_are_told_apart(ex):
+    """Every pair of cataloged mistakes gives different outputs on some PUBLIC case (so a
+    learner's public check names one, not a guess), unless the spec declares the pair in
+    ``indistinguishable`` - then the verdict lists both."""
+    from itertools import combinations
+
+    from llmcourse.checks.runner import _matches, _mistake_output, _slot
+
+    names = [m.name for m in ex.mistakes]
+    assert len(set(names)) == len(names), f"{ex.id}: two mistakes share a name"
+    for group in ex.indistinguishable:
+        assert len(group) > 1 and set(group) <= set(names), f"{ex.id}: unknown names in {group}"
+    cases = ex.cases(0, False)
+    slot = _slot(ex, 0, False, cases)
+    outs = [[_mistake_output(ex, slot, mi, i, c) for i, c in enumerate(cases)]
+            for mi in range(len(ex.mistakes))]
+    for a, b in combinations(range(len(ex.mistakes)), 2):
+        same = all(_matches(ex, c, outs[a][i], outs[b][i]) and _matches(ex, c, outs[b][i], outs[a][i])
+                   for i, c in enumerate(cases))
+        if same:
+            assert names[b] in _group(ex, ex.mistakes[a]), (
+                f"{ex.id}: no public case tells {names[a]!r} from {names[b]!r}: add a case that "
+                "does, or declare them in `indistinguishable`")
 
 
 @pytest.mark.parametrize("ex", EXERCISES, ids=ids)

@@ -185,11 +185,29 @@ def test_temperature_after_softmax_is_named(learner):
         import torch
 
         def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
-            p = torch.softmax(logits, -1) / temperature
+            z = logits  # top-k and top-p right; the temperature only on the probabilities
+            if top_k:
+                z = z.masked_fill(z < torch.topk(z, min(top_k, z.shape[-1])).values[..., -1:], float("-inf"))
+            if top_p < 1:
+                p, order = torch.sort(torch.softmax(z, -1), descending=True)
+                keep = p.cumsum(-1) - p < top_p
+                keep[..., 0] = True
+                z = z.masked_fill(~torch.zeros_like(keep).scatter(-1, order, keep), float("-inf"))
+            p = torch.softmax(z, -1) / temperature
             return p / p.sum(-1, keepdim=True)
     ''')
     result = run(get("10.next_token_probs"), module.next_token_probs)
     assert result.diagnosis is not None and "after the softmax" in result.diagnosis.name
+    # Issue 20: the same slip WITHOUT top-k/top-p is not "explained" by that mistake on the
+    # top-k cases, so nothing is named (no wrong hint).
+    bare = learner('''
+        import torch
+
+        def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
+            p = torch.softmax(logits, -1) / temperature
+            return p / p.sum(-1, keepdim=True)
+    ''')
+    assert not run(get("10.next_token_probs"), bare.next_token_probs).diagnoses
 
 
 @pytest.mark.parametrize("exercise_id,source,name", [

@@ -75,6 +75,13 @@ class Exercise:
     # The message when the reference is called anyway; by default the global rule's, plus
     # "(only its training and gpt modules are allowed here)" when ``allow_reference`` is set.
     reference_why: str = ""
+    # Exercises whose functions the task tells the learner to call (e.g. ("06.kd_kl",)):
+    # when the learner's one fails its own check, the verdict says "fix that first".
+    uses: tuple[str, ...] = ()
+    # Groups of mistake names that no public case tells apart (the same outputs on every
+    # case): the verdict lists all of them ("consistent with: A, or B"). Every other pair of
+    # cataloged mistakes must differ on some public case (a rail checks it).
+    indistinguishable: tuple[tuple[str, ...], ...] = ()
 
     def reference(self, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -187,6 +194,18 @@ def _compare_values(where, e, g, rtol, atol) -> str | None:
 
 
 def _compare_values_quiet(where, e, g, rtol, atol) -> str | None:
+    if e.ndim == 0:  # a scalar: "got 2.34, expected 3.78"
+        ev, gv = e[()], g[()]
+        if ev == gv or (np.isnan(ev) and np.isnan(gv)):
+            return None
+        if np.isfinite(ev) and np.isfinite(gv):
+            err = abs(complex(ev) - complex(gv))
+            if err <= atol + rtol * abs(ev):
+                return None
+            if err <= 1e-2 * max(abs(ev), abs(gv)):  # close: the tolerance is the news
+                return (f"{where}: got {_fmt_num(gv)}, expected {_fmt_num(ev)} (off by "
+                        f"{err:.3g}; tolerance atol={atol:g}, rtol={rtol:g})")
+        return f"{where}: got {_fmt_num(gv)}, expected {_fmt_num(ev)}"
     if e.dtype.kind in "biu" and g.dtype.kind in "biu":
         bad = e != g
         if not bad.any():
@@ -216,7 +235,7 @@ def _compare_values_quiet(where, e, g, rtol, atol) -> str | None:
     bad = err > limit
     if not bad.any():
         return None
-    idx = tuple(np.unravel_index(int(np.argmax(np.where(bad, err, -1.0))), e.shape)) if e.ndim else ()
+    idx = tuple(np.unravel_index(int(np.argmax(np.where(bad, err, -1.0))), e.shape))
     return (f"{where}: {int(bad.sum())} of {bad.size} values differ; max abs error "
             f"{float(err[idx]):.3g} at {_fmt_index(idx)} (expected {_fmt_num(e[idx])}, "
             f"got {_fmt_num(g[idx])}; tolerance atol={atol:g}, rtol={rtol:g})")

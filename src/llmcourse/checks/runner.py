@@ -1,9 +1,12 @@
 """The runner behind ``check()``: the registry of exercise specs, running a spec's cases
 against a learner's function, and naming the mistake when one fails.
 
-``check`` runs the exercise's cases against the reference, prints a short verdict and, on
-failure, raises :class:`CheckFailed` whose message says which case failed, how (shape,
-dtype, max abs error and where) and, when the output matches a known mistake, names it.
+``check`` runs every case of the exercise against the reference, prints one short verdict
+and, on failure, raises :class:`CheckFailed` whose message says which case failed first, how
+(shape, dtype, max abs error and where) and, when a known mistake explains the learner's
+outputs on EVERY case that was run (passing and failing alike), names it; when several do,
+it says "consistent with: A, or B". When the learner's function calls another of their
+exercise functions that fails its own check, the message says so first.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import inspect
 import pkgutil
 import sys
 import traceback
+import types
 
 from .core import Case, Exercise, Mistake, compare, flatten, tolerance
 from .forbidden import violations_for
@@ -62,16 +66,43 @@ def all_exercises(chapter: str | None = None) -> list[Exercise]:
 
 
 class CheckFailed(AssertionError):
-    """Raised by ``check`` so that a failing test cell fails (and nbgrader gives 0)."""
+    """Raised by ``check`` so that a failing test cell fails (and nbgrader gives 0).
+
+    IPython (and so Jupyter, ``nbgrader validate`` and the feedback pages) shows only the
+    message: ``_render_traceback_`` replaces the traceback into the checker's internals."""
+
+    def _render_traceback_(self) -> list[str]:
+        return str(self).splitlines()
+
+
+class Summary(dict):
+    """``check_all``'s results ({exercise id: Result}); shows nothing when it is the last
+    expression of a cell (the summary was printed once already)."""
+
+    def _ipython_display_(self) -> None:
+        pass
 
 
 class Result:
-    """The verdict of one check. ``bool(result)`` is True when every case passed."""
+    """The verdict of one check. ``bool(result)`` is True when every case passed.
+
+    ``diagnoses`` holds every cataloged mistake consistent with all the cases run (usually
+    none or one); ``diagnosis`` is that mistake when exactly one fits, else None. ``uses``
+    is the line naming a failing dependency (the learner's earlier function), or ""."""
 
     def __init__(self, exercise: Exercise, status: str, n_cases: int, passed: int,
-                 detail: str = "", diagnosis: Mistake | None = None):
+                 detail: str = "", diagnoses: tuple[Mistake, ...] | Mistake | None = (),
+                 uses: str = ""):
         self.exercise, self.status, self.n_cases, self.passed = exercise, status, n_cases, passed
-        self.detail, self.diagnosis = detail, diagnosis
+        if diagnoses is None:
+            diagnoses = ()
+        elif isinstance(diagnoses, Mistake):
+            diagnoses = (diagnoses,)
+        self.detail, self.diagnoses, self.uses = detail, tuple(diagnoses), uses
+
+    @property
+    def diagnosis(self) -> Mistake | None:
+        return self.diagnoses[0] if len(self.diagnoses) == 1 else None
 
     def __bool__(self) -> bool:
         return self.status == "pass"
@@ -84,9 +115,19 @@ class Result:
             return (f"TODO {head}: not implemented yet - replace `raise NotImplementedError()` "
                     "with your code, run that cell, then this one.")
         lines = [f"FAIL {head}: {self.detail}"]
-        if self.diagnosis is not None:
-            lines.append(f"  Diagnosis - {self.diagnosis.name}: {self.diagnosis.explain}")
+        if self.uses:
+            lines.append(f"  {self.uses}")
+        if len(self.diagnoses) == 1:
+            m = self.diagnoses[0]
+            lines.append(f"  Diagnosis - {m.name}: {m.explain}")
+        elif self.diagnoses:
+            lines.append("  Diagnosis - consistent with: "
+                         + ", or ".join(m.name for m in self.diagnoses) + ".")
+            lines += [f"    {m.name}: {m.explain}" for m in self.diagnoses]
         return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
 
     __repr__ = __str__
 
@@ -137,72 +178,234 @@ def _same_inputs(a: Case, b: Case) -> bool:
     return compare(ia, ib, 0.0, 0.0) is None
 
 
-def run(exercise: Exercise, fn, *, seed: int | None = None, hidden: bool = False) -> Result:
-    """Run every case; stop at the first failure and try to name the mistake."""
+# ---------------------------------------------------------------------------------------
+# Outputs of the reference and of each mistake on one set of cases, kept for the most
+# recent (exercise, seed, hidden): checking one exercise again (a learner re-running a cell,
+# the catalog rails running every mistake) computes them once. Cases are made from a seed,
+# so the same key always means the same cases.
+
+_CACHE: dict = {"key": None, "slot": None}
+
+
+def _slot(exercise: Exercise, seed: int, hidden: bool, cases: list[Case]) -> dict:
+    key = (exercise.id, id(exercise), seed, hidden, tuple(c.label for c in cases))
+    if _CACHE["key"] != key:
+        _CACHE.update(key=key, slot={"expected": {}, "mistakes": {}})
+    return _CACHE["slot"]
+
+
+def _expected(exercise, slot, i, case):
+    if i not in slot["expected"]:
+        slot["expected"][i] = flatten(exercise.expected(_clone(case)))
+    return slot["expected"][i]
+
+
+def _mistake_output(exercise, slot, mi, i, case):
+    """A mistake's flattened output on case ``i``, or the exception it raised."""
+    k = (mi, i)
+    if k not in slot["mistakes"]:
+        try:
+            slot["mistakes"][k] = flatten(exercise.call(exercise.mistakes[mi].impl, _clone(case)))
+        except Exception as exc:  # noqa: BLE001 - a mistake may crash; that is its output
+            slot["mistakes"][k] = exc
+    return slot["mistakes"][k]
+
+
+def _matches(exercise, case, wrong, got) -> bool:
+    """Does a mistake's output (or exception) reproduce the learner's on this case?"""
+    if isinstance(wrong, BaseException) or isinstance(got, BaseException):
+        return (isinstance(wrong, BaseException) and isinstance(got, BaseException)
+                and type(got) is type(wrong) and str(got) == str(wrong))
+    rtol, atol = tolerance(case, wrong)
+    return compare(wrong, got, rtol, atol) is None
+
+
+def diagnose(exercise: Exercise, cases: list[Case], outcomes: list, first: int = 0,
+             slot: dict | None = None) -> tuple[Mistake, ...]:
+    """Every cataloged mistake that reproduces the learner's outcome on EVERY case run.
+
+    ``outcomes[i]`` is the learner's flattened output on ``cases[i]``, or the exception
+    their code raised (a mistake matches it by raising the same type with the same message).
+    ``first`` is the failing case tried first (it rules out most mistakes at once); the
+    passing cases count as much as the failing ones."""
+    if slot is None:
+        slot = {"expected": {}, "mistakes": {}}
+    alive = list(range(len(exercise.mistakes)))
+    order = [first] + [i for i in range(len(outcomes)) if i != first]
+    for i in order:
+        alive = [mi for mi in alive
+                 if _matches(exercise, cases[i], _mistake_output(exercise, slot, mi, i, cases[i]),
+                             outcomes[i])]
+        if not alive:
+            break
+    return tuple(exercise.mistakes[mi] for mi in alive)
+
+
+# ---------------------------------------------------------------------------------------
+# Dependencies: the learner's function calls another of their exercise functions.
+
+def _names_used(obj, depth: int = 0) -> set[str]:
+    """Global names a function (or a class's methods) refers to, nested code included."""
+    names: set[str] = set()
+    if isinstance(obj, type):
+        for v in vars(obj).values():
+            v = getattr(v, "__func__", v)
+            if isinstance(v, types.FunctionType):
+                names |= _names_used(v, depth)
+        return names
+    code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        names |= set(c.co_names)
+        stack += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+    return names
+
+
+def _learner_globals(fn) -> dict:
+    if isinstance(fn, type):
+        for v in vars(fn).values():
+            g = getattr(getattr(v, "__func__", v), "__globals__", None)
+            if g is not None:
+                return g
+        return {}
+    return getattr(getattr(fn, "__func__", fn), "__globals__", {}) or {}
+
+
+def dependencies(exercise: Exercise) -> list[Exercise]:
+    """The exercises whose functions this one may call: those it declares in ``uses``, then
+    the other exercises of its chapter (a learner may reuse any of them)."""
+    chapter = exercise.id.split(".")[0]
+    deps = []
+    for dep_id in getattr(exercise, "uses", ()):
+        try:
+            deps.append(get(dep_id))
+        except KeyError:
+            continue
+    deps += [e for i, e in sorted(_REGISTRY.items())
+             if i.startswith(chapter + ".") and e is not exercise and e not in deps]
+    return deps
+
+
+def _failing_dependency(exercise: Exercise, fn, depth: int) -> str:
+    """"uses your `f`, which fails NN.id: fix that first" when ``fn`` calls the learner's
+    own ``f`` (an earlier exercise's function) and that one fails its public check."""
+    if depth > 1:
+        return ""
+    used, env = _names_used(fn), _learner_globals(fn)
+    for dep in dependencies(exercise):
+        mine = env.get(dep.entry)
+        if dep.entry not in used or mine is None or mine is fn or dep.entry == exercise.entry:
+            continue
+        if getattr(mine, "__module__", "") and str(getattr(mine, "__module__", "")).startswith("llmcourse"):
+            continue  # the course's own function, not the learner's
+        r = run(dep, mine, _depth=depth + 1)
+        if r.status == "not implemented":
+            return f"uses your `{dep.entry}`, which is not implemented yet ({dep.id}): do that first."
+        if not r:
+            return f"uses your `{dep.entry}`, which fails {dep.id}: fix that first."
+    return ""
+
+
+# ---------------------------------------------------------------------------------------
+# Slips the runner recognises for every exercise.
+
+def _reruns_differ(exercise: Exercise, fn, case: Case, got) -> bool:
+    """True when the same case (same seed) gives another output on a second call: the
+    function's random draws do not all come from the generator it was given."""
+    if not _takes_generator(exercise):
+        return False
+    try:
+        again = flatten(exercise.call(fn, _clone(case)))
+    except Exception:  # noqa: BLE001
+        return False
+    return compare(got, again, 0.0, 0.0) is not None
+
+
+def _takes_generator(exercise: Exercise) -> bool:
+    from .kit import SeededExercise
+
+    return isinstance(exercise, SeededExercise) or getattr(exercise, "seeded", False)
+
+
+GENERATOR_SLIP = ("random draws ignore `generator`: the same seed gave two different outputs. "
+                  "Pass `generator=generator` to EVERY random call (torch.rand, torch.randint, "
+                  "torch.bernoulli, torch.multinomial, torch.randperm), in the order the task gives.")
+
+
+def run(exercise: Exercise, fn, *, seed: int | None = None, hidden: bool = False,
+        _depth: int = 0) -> Result:
+    """Run every case (a failing function costs no more than a passing one); report the
+    first failure, and name the mistakes consistent with all the cases."""
     violations = violations_for(exercise.entry, exercise.rules, _learner_cells(fn))
     if violations:
         return Result(exercise, "forbidden", 0, 0, str(violations[0]))
-    cases = exercise.cases(PUBLIC_SEED if seed is None else seed, hidden)
-    for i, case in enumerate(cases, 1):
-        label = f"case {i}/{len(cases)} '{case.label}'"
-        expected = flatten(exercise.expected(_clone(case)))
+    seed = PUBLIC_SEED if seed is None else seed
+    cases = exercise.cases(seed, hidden)
+    slot = _slot(exercise, seed, hidden, cases)
+    outcomes: list = []
+    first: tuple[int, str, str] | None = None  # (index, status, detail)
+    passed = 0
+    for i, case in enumerate(cases):
+        label = f"case {i + 1}/{len(cases)} '{case.label}'"
+        expected = _expected(exercise, slot, i, case)
         mine = _clone(case)
         try:
-            got = flatten(exercise.call(fn, mine))
+            known = [mi for mi, m in enumerate(exercise.mistakes) if m.impl is fn]
+            if known:  # a cataloged mistake checked as a learner (the rails): computed once
+                got = _mistake_output(exercise, slot, known[0], i, case)
+                if isinstance(got, BaseException):
+                    raise got
+            else:
+                got = flatten(exercise.call(fn, mine))
         except NotImplementedError:
             return Result(exercise, "not implemented", len(cases), 0)
-        except Exception as exc:  # the learner's bug, reported in one line
-            return Result(exercise, "error", len(cases), i - 1, f"{label} raised {_error_line(exc)}",
-                          diagnose(exercise, case, exc))
+        except Exception as exc:  # noqa: BLE001 - the learner's bug, reported in one line
+            outcomes.append(exc)
+            if first is None:
+                first = (i, "error", f"{label} raised {_error_line(exc)}")
+            continue
+        outcomes.append(got)
         rtol, atol = tolerance(case, expected)
         problem = compare(expected, got, rtol, atol)
         if problem is not None:
-            return Result(exercise, "fail", len(cases), i - 1, f"{label}: {problem}",
-                          diagnose(exercise, case, got))
-        if not _same_inputs(case, mine):
-            return Result(exercise, "fail", len(cases), i - 1, f"{label}: your function changed "
-                          "its input tensors in place; compute new tensors instead (no `-=`, `exp_()`)")
-    return Result(exercise, "pass", len(cases), len(cases))
+            if first is None:
+                if _reruns_differ(exercise, fn, case, got):
+                    problem += f"\n  Slip - {GENERATOR_SLIP}"
+                first = (i, "fail", f"{label}: {problem}")
+        elif not _same_inputs(case, mine):
+            if first is None:
+                first = (i, "fail", f"{label}: your function changed its input tensors in place; "
+                                    "compute new tensors instead (no `-=`, `exp_()`, `x[...] = `)")
+        else:
+            passed += 1
+    if first is None:
+        return Result(exercise, "pass", len(cases), len(cases))
+    index, status, detail = first
+    uses = _failing_dependency(exercise, fn, _depth)
+    found = () if "Slip - " in detail or "in place" in detail else diagnose(
+        exercise, cases, outcomes, index, slot)
+    return Result(exercise, status, len(cases), passed, detail, found, uses)
 
 
-def diagnose(exercise: Exercise, case: Case, got) -> Mistake | None:
-    """The first cataloged mistake whose output on ``case`` matches the learner's.
-
-    ``got`` is the learner's flattened output, or the exception their code raised (a mistake
-    that raises the same exception type with the same message matches it)."""
-    for mistake in exercise.mistakes:
-        try:
-            wrong = flatten(exercise.call(mistake.impl, _clone(case)))
-        except Exception as exc:
-            if isinstance(got, BaseException) and type(got) is type(exc) and str(got) == str(exc):
-                return mistake
-            continue
-        if isinstance(got, BaseException):
-            continue
-        rtol, atol = tolerance(case, wrong)
-        if compare(wrong, got, rtol, atol) is None:
-            return mistake
-    return None
-
-
-def check(exercise_id: str, fn, *, seed: int | None = None, hidden: bool = False) -> Result:
-    """Check ``fn`` against the reference for ``exercise_id``; raise CheckFailed if it fails."""
+def check(exercise_id: str, fn, *, seed: int | None = None, hidden: bool = False) -> None:
+    """Check ``fn`` against the reference for ``exercise_id``: print one verdict when it
+    passes, raise :class:`CheckFailed` (shown without a traceback) when it does not."""
     __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
     result = run(get(exercise_id), fn, seed=seed, hidden=hidden)
     if not result:
         raise CheckFailed(str(result)) from None
     print(result)
-    return result
 
 
-def check_all(chapter: str | None = None, namespace: dict | None = None) -> dict[str, Result]:
-    """Check every exercise whose function is defined in the notebook; print a summary."""
+def check_all(chapter: str | None = None, namespace: dict | None = None) -> Summary:
+    """Check every exercise whose function is defined in the notebook; print a summary once."""
     if namespace is None:
         try:
             namespace = get_ipython().user_ns  # type: ignore[name-defined]  # noqa: F821
         except NameError:
             namespace = sys.modules["__main__"].__dict__
-    results = {}
+    results = Summary()
     for ex in all_exercises(chapter):
         fn = namespace.get(ex.entry)
         if fn is None or getattr(fn, "__module__", "__main__") != "__main__":

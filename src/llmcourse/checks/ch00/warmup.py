@@ -161,6 +161,7 @@ class CrossEntropy(Exercise):
     """Cross-entropy from logits."""
     id = "00.cross_entropy"
     entry = "cross_entropy"
+    uses = ("00.log_softmax",)
     forbid = NO_BUILTIN_SOFTMAX + (
         Rule(".cross_entropy", "compute it from your own log_softmax instead of F.cross_entropy"),
         Rule(".nll_loss", "pick the target log-probabilities yourself instead of F.nll_loss"),

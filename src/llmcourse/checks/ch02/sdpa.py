@@ -196,6 +196,10 @@ def _causal_no_diagonal(T):
     return torch.ones(T, T, dtype=torch.bool).tril(-1)
 
 
+def _causal_blocked(T):
+    return torch.ones(T, T, dtype=torch.bool).triu(1)
+
+
 def _causal_float(T):
     return torch.ones(T, T).tril()
 
@@ -217,6 +221,10 @@ class CausalMask(Exercise):
                 "the diagonal (torch.tril), not above it.", _causal_upper),
         Mistake("diagonal excluded", "each position may attend to itself: keep the diagonal "
                 "(tril with diagonal=0).", _causal_no_diagonal),
+        Mistake("True = blocked (PyTorch's convention)", "this course's masks say True = MAY "
+                "attend; yours is the boolean mask nn.MultiheadAttention takes (True = blocked, "
+                "triu(1)). Return its complement: torch.ones(T, T, dtype=torch.bool).tril().",
+                _causal_blocked),
         Mistake("float mask instead of bool", "return a torch.bool tensor (True = may attend), "
                 "e.g. torch.ones(T, T, dtype=torch.bool).tril().", _causal_float),
         Mistake("additive -inf mask instead of bool", "this course's masks are boolean, True = "

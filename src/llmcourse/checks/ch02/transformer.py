@@ -59,6 +59,7 @@ class EncoderLayerExercise(ModuleExercise):
     """Transformer encoder layer (post-LN)."""
     id = "02.encoder_layer"
     entry = "EncoderLayer"
+    uses = ("02.mha",)
     init = ("d_model", "n_heads", "d_ff")
     reference = transformer_ref.EncoderLayer
     forbid = NO_BUILTIN_LAYERS
@@ -116,6 +117,7 @@ class DecoderLayerExercise(ModuleExercise):
     """Transformer decoder layer with cross-attention (post-LN)."""
     id = "02.decoder_layer"
     entry = "DecoderLayer"
+    uses = ("02.mha",)
     init = ("d_model", "n_heads", "d_ff")
     reference = transformer_ref.DecoderLayer
     forbid = NO_BUILTIN_LAYERS

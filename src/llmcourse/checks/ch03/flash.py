@@ -249,6 +249,7 @@ class _Reference(torch.autograd.Function):
 class FlashAttentionFunction(Exercise):
     id = "03.flash_attention"
     entry = "FlashAttention"
+    uses = ("03.flash_forward", "03.flash_backward")
     title = "FlashAttention as a torch.autograd.Function"
     allow_reference = GPU_LAB
     forbid = NO_SHORTCUTS

@@ -125,10 +125,13 @@ class CausalLMLoss(Exercise):
 # ---------------------------------------------------------------------------------------
 # 04.mask_tokens
 
-def _mask_with(special=True, p_random=0.5, exclusive=True, labels="orig", only_mask=False):
+def _mask_with(special=True, p_random=0.5, exclusive=True, labels="orig", only_mask=False,
+               ids_first=False):
     def mask_tokens(input_ids, special_mask, mask_token_id, vocab_size, generator,
                     mlm_probability=0.15):
         shape = input_ids.shape
+        if ids_first:  # the same draws, in another order: the random ids first
+            rnd = torch.randint(vocab_size, shape, dtype=torch.long, generator=generator)
         probs = torch.full(shape, mlm_probability)
         if special:
             probs = probs.masked_fill(special_mask, 0.0)
@@ -139,7 +142,8 @@ def _mask_with(special=True, p_random=0.5, exclusive=True, labels="orig", only_m
         to_rand = torch.bernoulli(torch.full(shape, p_random), generator=generator).bool() & sel
         if exclusive:
             to_rand &= ~to_mask
-        rnd = torch.randint(vocab_size, shape, dtype=torch.long, generator=generator)
+        if not ids_first:
+            rnd = torch.randint(vocab_size, shape, dtype=torch.long, generator=generator)
         out = torch.where(to_rand, rnd, input_ids.masked_fill(to_mask, mask_token_id))
         if labels == "all":
             lab = input_ids.clone()
@@ -171,6 +175,10 @@ class MaskTokens(SeededExercise):
                 "so the loss only scores the selected positions.", _mask_with(labels="all")),
         Mistake("labels from the corrupted ids", "the label is the ORIGINAL token, not what "
                 "replaced it.", _mask_with(labels="corrupted")),
+        Mistake("draws in another order", "the random ids were drawn before the coins: make the "
+                "four draws in the task's order (selected, to_mask, to_random, then the random "
+                "ids), each with generator=generator, so the same seed gives the same result.",
+                _mask_with(ids_first=True)),
     )
 
     def reference(self, input_ids, special_mask, mask_token_id, vocab_size, generator,

@@ -118,6 +118,7 @@ class ClassificationHeadExercise(ModuleExercise):
     """Classification head on a GPT (last-token pooling + score)."""
     id = "05.ClassificationHead"
     entry = "ClassificationHead"
+    uses = ("05.last_token_pool",)
     init = ("n_embd", "n_classes")
     reference = finetuning_ref.ClassificationHead
     forbid = (

@@ -301,6 +301,7 @@ class DistillationLoss(Exercise):
     """Soft + hard distillation loss."""
     id = "06.kd_loss"
     entry = "distillation_loss"
+    uses = ("06.kd_kl",)
     forbid = NO_BUILTIN_KL
     mistakes = (
         Mistake("alpha on the wrong term", "alpha weights the SOFT (teacher) term: "

@@ -100,6 +100,7 @@ def _moe(x, router_weight, gate_up, down, k, *, how="ref"):
 class MoEForward(Exercise):
     id = "08.moe_forward"
     entry = "moe_forward"
+    uses = ("08.top_k_router",)
     title = "The top-k mixture of SwiGLU experts (Mixtral's sparse block)"
     forbid = NO_HF
     mistakes = (
@@ -269,6 +270,7 @@ def _switch_layer(x, router_weight, w_in, w_out, capacity_factor, *, how="ref"):
 class SwitchLayer(Exercise):
     id = "08.switch_layer"
     entry = "switch_layer"
+    uses = ("08.switch_route",)
     title = "The Switch FFN sub-layer: dropped tokens ride the residual"
     forbid = NO_HF
     mistakes = (
