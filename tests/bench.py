@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         _grading(only, tmp, jupyter, solved)
     if "sandbox" in only:
         _sandbox(tmp, jupyter)
+    if "tokenizer" in only:
+        _tokenizer(tmp)
     if "book" in only:
         _book(tmp / "book")
 
@@ -184,6 +186,50 @@ def _sandbox(tmp, jupyter) -> None:
     size = big.stat().st_size / 2**20
     print(f"   grader's peak RSS on a {size:.0f} MB notebook: "
           f"{int(rss[-1].split()[1]) / 1024:.0f} MB" if rss else f"   peak RSS: failed ({out.stderr[-200:]})")
+
+
+_STREAM = """
+import resource, sys, time
+from llmcourse.reference import bpe
+merges = [tuple(m) for m in __import__("json").loads(open(sys.argv[2]).read())]
+codec = bpe.Codec(merges, ["<|endoftext|>"])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start, n = time.perf_counter(), 0
+with open(sys.argv[1], encoding="utf-8") as f:
+    for _ in codec.encode_iterable(f):
+        n += 1
+seconds = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(n, seconds, before, after)
+"""
+
+
+def _tokenizer(tmp) -> None:
+    import json
+
+    from llmcourse.data import corpus, python_stdlib
+    from llmcourse.reference import bpe
+
+    print("\n6. the tokenizer (reference byte-level BPE)")
+    n = 5_000_000
+    text = corpus(n // 2, seed=0)[: n // 2] + python_stdlib(n - n // 2)
+    t = _time(lambda: bpe.train(text, 3840))
+    print(f"   train 3840 merges on {len(text.encode()) / 1e6:.1f} MB: {t:.2f} s (target < 3 s)")
+    merges = bpe.train(text[:1_000_000], 3840)
+    (tmp / "merges.json").write_text(json.dumps(merges))
+    block = "<|endoftext|>".join(text[i:i + 5000] for i in range(0, 1_000_000, 5000))
+    path = tmp / "big.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        while f.tell() < 100_000_000:
+            f.write(block)
+    size = path.stat().st_size / 1e6
+    out = subprocess.run([sys.executable, "-c", _STREAM, str(path), str(tmp / "merges.json")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    tokens, seconds, before, after = int(out[0]), float(out[1]), int(out[2]), int(out[3])
+    print(f"   encode_iterable on a {size:.0f} MB file: {tokens:,} tokens in {seconds:.0f} s "
+          f"({size / seconds:.1f} MB/s); peak RSS {after / 1024:.0f} MB (after import "
+          f"{before / 1024:.0f} MB; the token list alone would be {tokens * 8 / 1e6:.0f} MB+)")
+    path.unlink()
 
 
 def _time(fn) -> float:

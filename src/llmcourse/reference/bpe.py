@@ -115,18 +115,12 @@ def train(text: str, num_merges: int, special_tokens=()) -> list[Pair]:
         merges.append(pair)
         delta: defaultdict[Pair, int] = defaultdict(int)
         for w in where.pop(pair):
-            word = words[w]
-            merged = merge(word, pair, new_id)
-            if len(merged) == len(word):
-                continue
-            f = freqs[w]
-            for p in zip(word, word[1:]):
-                delta[p] -= f
-            for p in zip(merged, merged[1:]):
-                delta[p] += f
-                if new_id in p:  # every other pair of `merged` was in `word`: w is listed
+            added: list[Pair] = []  # the word's new pairs; it is listed for all the others
+            merged = _merge_counting(words[w], pair, new_id, freqs[w], delta, added)
+            if merged is not None:
+                words[w] = merged
+                for p in added:
                     where[p].add(w)
-            words[w] = merged
         for p, d in delta.items():
             if d:
                 c = counts[p] = counts[p] + d
@@ -135,6 +129,39 @@ def train(text: str, num_merges: int, special_tokens=()) -> list[Pair]:
                 else:
                     del counts[p]
     return merges
+
+
+def _merge_counting(word: list[int], pair: Pair, new_id: int, f: int,
+                    delta: defaultdict[Pair, int], added: list[Pair]) -> list[int] | None:
+    """:func:`merge` that also adds to ``delta`` the change of every pair count (``f`` per
+    occurrence), looking only at the neighbours of each merged position, and appends the new
+    pairs to ``added``; None if no match.
+
+    At a match (a, b) -> N between ``left`` and ``right``: (a, b) disappears, (left, a)
+    becomes (left, N) and (b, right) becomes (N, right). When ``left`` is itself a new N, the
+    old pair there was (b, a)."""
+    a, b = pair
+    out: list[int] = []
+    i, n = 0, len(word)
+    while i < n:
+        if i + 1 < n and word[i] == a and word[i + 1] == b:
+            delta[pair] -= f
+            if out:
+                left = out[-1]
+                delta[(b if left == new_id else left, a)] -= f
+                delta[(left, new_id)] += f
+                added.append((left, new_id))
+            if i + 2 < n and not (i + 3 < n and word[i + 2] == a and word[i + 3] == b):
+                right = word[i + 2]
+                delta[(b, right)] -= f
+                delta[(new_id, right)] += f
+                added.append((new_id, right))
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out if len(out) < n else None
 
 
 class Codec:
