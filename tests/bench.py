@@ -8,6 +8,8 @@
 5. the sandbox: `llmcourse grade` vs `jupyter nbconvert --execute` on the solved chapter 00
    notebook (median of 5 paired runs, wall and CPU; target ratio <= 1.3), bwrap start-up per
    notebook in ms, and the grader process's own peak memory on the largest allowed notebook;
+7. `llmcourse check` (`--only check`) vs `jupyter nbconvert --execute` on the solved chapter 00
+   warm-up notebook (median of 5 paired runs; target ratio <= 1.1: one notebook execution);
 6. the book (`--only book`): a clean build (empty build folder and execution cache), a
    rebuild from an empty build folder with the execution cache kept, and an incremental
    rebuild with nothing changed (target for the cached ones: <= 60 s on a 2-core CPU).
@@ -29,7 +31,7 @@ from conftest import ROOT, chapter_names, filled_student_notebook, save  # noqa:
 from llmcourse.checks import all_exercises, run  # noqa: E402
 
 os.environ.pop("LLMCOURSE_QUICK", None)  # conftest sets it for the suite; the bench times full budgets
-SECTIONS = ("checks", "notebooks", "grading", "batch", "sandbox", "book")
+SECTIONS = ("checks", "notebooks", "grading", "batch", "sandbox", "book", "check")
 
 
 def timed(cmd: list[str], **kw) -> float:
@@ -77,6 +79,23 @@ def main(argv: list[str] | None = None) -> None:
         _tokenizer(tmp)
     if "book" in only:
         _book(tmp / "book")
+    if "check" in only:
+        _check_cost(tmp, jupyter)
+
+
+def _check_cost(tmp, jupyter) -> None:
+    """`llmcourse check NOTEBOOK` costs one execution of the notebook (issue 20)."""
+    path = save(tmp / "check" / "warmup.ipynb", filled_student_notebook("00-getting-started", "warmup"))
+    check = [sys.executable, "-m", "llmcourse.cli", "check", str(path)]
+    plain_cmd = jupyter + ["--output-dir", str(tmp / "check-out"), str(path)]
+    timed(check)  # warm-up (imports, caches)
+    pairs = [(timed(plain_cmd), timed(check)) for _ in range(5)]
+    plain = statistics.median(p for p, _ in pairs)
+    mine = statistics.median(c for _, c in pairs)
+    ratio = statistics.median(c / p for p, c in pairs)
+    print("\n7. llmcourse check vs nbconvert --execute, solved warm-up (median of 5 paired runs)")
+    print(f"   nbconvert --execute   {plain:6.2f} s")
+    print(f"   llmcourse check       {mine:6.2f} s   ratio {ratio:.2f} (target <= 1.1)")
 
 
 def _book(out: Path) -> None:

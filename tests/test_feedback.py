@@ -279,6 +279,12 @@ def test_scalar_error_reads_got_expected():
     assert "at []" not in (compare(flatten(torch.tensor(1)), flatten(torch.tensor(2)), 0, 0) or "")
 
 
+def test_dtype_slip_says_the_values_are_right():
+    e, g = flatten(torch.ones(3)), flatten(torch.ones(3, dtype=torch.float64))
+    assert "the values are right" in compare(e, g, 1e-5, 1e-6)
+    assert "the values are right" not in compare(e, flatten(torch.zeros(3, dtype=torch.float64)), 1e-5, 1e-6)
+
+
 @pytest.mark.slow
 def test_kernel_shows_one_verdict_and_no_traceback(tmp_path):
     """In a real Jupyter kernel: a passing test cell has one stream output and no echoed

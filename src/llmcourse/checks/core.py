@@ -177,7 +177,13 @@ def compare(expected: list[Item], got: list[Item], rtol: float, atol: float) -> 
         return f"expected {describe(expected)}, got {describe(got)}"
     for (where, e_arr, e_tag), (_, g_arr, g_tag) in zip(expected, got):
         if e_tag != g_tag and not (e_tag == "number" and g_tag in ("number", "bool")):
-            return f"{where}: expected {_kind(e_tag)}, got {_kind(g_tag)}"
+            hint = ""
+            if (e_arr is not None and g_arr is not None and e_arr.shape == g_arr.shape
+                    and e_tag.startswith("torch.") and g_tag.startswith("torch.")
+                    and _compare_values(where, e_arr, g_arr, 1e-2, 1e-3) is None):
+                hint = (" (the values are right: a dtype slip, e.g. a new tensor made without "
+                        "`dtype=x.dtype`, or a float64 constant tensor)")
+            return f"{where}: expected {_kind(e_tag)}, got {_kind(g_tag)}{hint}"
         if e_arr is None:
             continue
         if e_arr.shape != g_arr.shape:
