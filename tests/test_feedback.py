@@ -256,6 +256,9 @@ def test_check_failed_renders_without_traceback():
         check("00.softmax", lambda x, dim=-1: x)
     lines = info.value._render_traceback_()
     assert lines[0].startswith("FAIL 00.softmax") and not any("llmcourse" in l for l in lines)
+    # nbgrader validate prints 90 columns with 4 of indent and cuts longer lines with "..."
+    assert all(len(l) <= 86 for l in lines) and " ".join(" ".join(lines).split()) == \
+        " ".join(str(info.value).split())
 
 
 def test_check_all_summary_is_shown_once(capsys):

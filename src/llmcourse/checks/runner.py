@@ -69,10 +69,21 @@ class CheckFailed(AssertionError):
     """Raised by ``check`` so that a failing test cell fails (and nbgrader gives 0).
 
     IPython (and so Jupyter, ``nbgrader validate`` and the feedback pages) shows only the
-    message: ``_render_traceback_`` replaces the traceback into the checker's internals."""
+    message: ``_render_traceback_`` replaces the traceback into the checker's internals. Its
+    lines are wrapped at 83 columns, so ``nbgrader validate`` (90 columns, 4 of indent, longer
+    lines cut with "...") shows the whole message too."""
+
+    WIDTH = 83
 
     def _render_traceback_(self) -> list[str]:
-        return str(self).splitlines()
+        import textwrap
+
+        out = []
+        for line in str(self).splitlines():
+            lead = line[:len(line) - len(line.lstrip())]
+            out += textwrap.wrap(line, self.WIDTH, subsequent_indent=lead + "  ",
+                                 break_long_words=False, break_on_hyphens=False) or [""]
+        return out
 
 
 class Summary(dict):
