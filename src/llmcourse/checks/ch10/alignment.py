@@ -159,15 +159,17 @@ class DPOLoss(Exercise):
             return tuple(-(randn(g, B, dtype=F64, scale=scale).abs() + 5.0).to(dtype)
                          for _ in range(4))
 
+        big = logps(3, F32, scale=1.0)
+        big = (big[0] - 300.0, big[1], big[2], big[3])  # margin about -300 * beta
         cases = [Case("8 pairs, beta = 0.1", logps(8, F32), {"beta": 0.1}),
                  Case("float64, 5 pairs, beta = 0.5", logps(5, F64), {"beta": 0.5}),
                  Case("policy = reference: loss log 2", (lambda a, b: (a, b, a.clone(), b.clone()))(
                      *logps(4, F32)[:2]), {"beta": 0.3}),
-                 Case("16 pairs, beta = 1", logps(16, F32, scale=3.0), {"beta": 1.0})]
+                 Case("16 pairs, beta = 1", logps(16, F32, scale=3.0), {"beta": 1.0}),
+                 Case("float32, huge negative margin (beta = 1)", big, {"beta": 1.0})]
         if hidden:
-            big = logps(3, F32, scale=1.0)
-            big = (big[0] - 300.0, big[1], big[2], big[3])  # margin about -300 * beta
             cases += [Case("one pair, beta = 0.05", logps(1, F32), {"beta": 0.05}),
-                      Case("float32, huge negative margin (beta = 1)", big, {"beta": 1.0}),
+                      Case("float64, margin about -3000, beta = 0.5",
+                           (lambda a, b, c, d: (a - 3000.0, b, c, d))(*logps(2, F64)), {"beta": 0.5}),
                       Case("float64, 32 pairs, beta = 2", logps(32, F64, scale=5.0), {"beta": 2.0})]
         return cases
