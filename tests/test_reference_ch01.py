@@ -286,6 +286,16 @@ def test_saved_files_load_in_gpt2_tokenizer(tmp_path):
     text = "Hi there<|endoftext|>" + MIXED + TRAIN_TEXT[:2000]  # letters and digits only: same split
     assert codec.encode(text) == gpt2.encode(text) == loaded.encode(text)
     assert loaded.merges == codec.merges and loaded.special_tokens == codec.special_tokens
+    # GPT-2's own numbering: the 256 bytes in bytes_to_unicode order (printable ones first)
+    order = sorted(range(256), key=lambda b: (ord(bpe.bytes_to_unicode()[b]), b))
+    ids = [order.index(b) for b in range(256)] + list(range(256, 256 + len(MERGES)))
+    renumbered = bpe.Codec(MERGES, {"<|endoftext|>": 256 + len(MERGES)}, ids=ids)
+    vocab_file, merges_file = renumbered.save(tmp_path / "gpt2-order")
+    gpt2 = transformers.GPT2Tokenizer(str(vocab_file), str(merges_file))
+    assert gpt2.convert_tokens_to_ids("!") == 0 and renumbered.encode("!") == [0]
+    reloaded = bpe.Codec.load(vocab_file, merges_file)
+    assert renumbered.encode(text) == gpt2.encode(text) == reloaded.encode(text)
+    assert reloaded.decode(reloaded.encode(text)) == text
 
 
 def _gpt2_files():
