@@ -65,7 +65,13 @@ def graded(chapter: str, kind: str):
                         expected.setdefault(student, []).append((name, grade_id, mistakes[k].name))
                 save(subs / student / f"{name}.ipynb", nb)
     extra = ["--no-feedback"] if kind == "mistakes" else []
-    proc, rows = grade(subs, tmp / "course", "--assignment", chapter, "--timeout", "120", *extra)
+    # The packs call the catalog's own implementations inside the notebook, so their sandbox
+    # needs the spec modules: a full learner build (see llmcourse.grading.learner).
+    os.environ["LLMCOURSE_FULL_LEARNER_BUILD"] = "1" if kind == "mistakes" else ""
+    try:
+        proc, rows = grade(subs, tmp / "course", "--assignment", chapter, "--timeout", "120", *extra)
+    finally:
+        os.environ.pop("LLMCOURSE_FULL_LEARNER_BUILD", None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, rows, expected, tmp / "course"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,10 @@ def learner_build(pristine: Path, dest: Path, chapter: str, public_dir: Path,
         if p.name not in SANDBOX_GRADING:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     full = any(v.get("kind") is None for v in info.values())
+    # The project's own tests grade "mistake packs" whose answers call the catalog's
+    # implementations inside the notebook: they need the spec modules (never set this for
+    # real submissions).
+    full = full or os.environ.get("LLMCOURSE_FULL_LEARNER_BUILD", "") not in ("", "0")
     checks = pkg / "checks"
     for p in checks.iterdir():
         is_chapter = p.name.startswith("ch") and p.name[2:4].isdigit()
