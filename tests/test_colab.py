@@ -134,12 +134,24 @@ def test_setup_cell_failure_is_one_clear_paragraph(colab):
 
 
 def _one_notebook_per_chapter() -> list[tuple[str, str]]:
-    picks = []
-    for ch in chapter_names():
-        notebooks = sorted((ROOT / "chapters" / ch).glob("*.ipynb"))
-        if notebooks and (ROOT / "solutions" / ch / notebooks[0].name).is_file():
-            picks.append((ch, notebooks[0].stem))
-    return picks
+    """The first exercise notebook of each chapter in the book's order (_toc.yml)."""
+    import yaml
+
+    picks = {}
+
+    def walk(entries):
+        for e in entries or []:
+            parts = e.get("file", "").split("/")
+            if len(parts) == 3 and parts[0] == "chapters" and parts[1] not in picks \
+                    and (ROOT / "chapters" / parts[1] / f"{parts[2]}.ipynb").is_file() \
+                    and (ROOT / "solutions" / parts[1] / f"{parts[2]}.ipynb").is_file():
+                picks[parts[1]] = parts[2]
+            walk(e.get("sections"))
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return [(ch, picks[ch]) for ch in chapter_names() if ch in picks]
 
 
 def test_colab_installs_the_library_and_first_exercises_pass(colab):

@@ -28,10 +28,10 @@ SETUP_SOURCE = '''\
 import importlib, importlib.util, os, re, subprocess, sys, tempfile
 if importlib.util.find_spec("llmcourse") is None:
     course_url = os.environ.get("LLMCOURSE_INSTALL_URL", "git+{url}")
-    pins = []
+    pins = []  # keep the installed torch (its version, read without importing it)
     try:
-        import torch
-        pins.append(f"torch=={{torch.__version__}}")
+        from importlib.metadata import version
+        pins.append(f"torch=={{version('torch')}}")
     except ImportError:
         pass
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
