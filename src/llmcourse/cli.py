@@ -1,4 +1,4 @@
-"""The ``llmcourse`` command: grade, check, release.
+"""The ``llmcourse`` command: grade, export, check, release.
 
 Every failure the user can cause (a bad path, a bad option, a broken notebook) ends in one
 line starting with ``llmcourse: error:`` and exit status 2; nothing is half-written.
@@ -69,6 +69,25 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="grade without the bubblewrap sandbox (trusted work only; every row "
                    "says 'not sandboxed')")
+    g.add_argument("--jobs", "-j", type=_positive, default=None,
+                   help="notebooks graded at once, each in its own sandbox (default: the number of cores)")
+    g.add_argument("--dask", action="store_true",
+                   help="run the jobs on an embedded Dask LocalCluster of --jobs workers")
+    g.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                   help="send the jobs to the workers of this Dask scheduler")
+    g.add_argument("--db", metavar="URL", help="gradebook database (nbgrader db_url), e.g. "
+                   "postgresql://user@host/gradebook (default: sqlite in the course folder)")
+    g.add_argument("--html", type=Path, help="write the instructor report (score histograms, "
+                   "most common mistakes) as HTML to this file")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("export", help="CSV/JSON/HTML of every graded learner, rebuilt from the gradebook")
+    e.add_argument("--course-dir", type=Path, default=None, help="course folder (default: autograder/)")
+    e.add_argument("--db", metavar="URL", help="gradebook database (default: sqlite in the course folder)")
+    e.add_argument("--assignment", "--chapter", dest="assignment", help="only this chapter")
+    e.add_argument("--json", type=Path)
+    e.add_argument("--csv", type=Path)
+    e.add_argument("--html", type=Path)
 
     c = sub.add_parser("check", help="run a notebook and print the public verdict of every exercise")
     c.add_argument("notebook", type=Path)
@@ -89,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     try:
-        return {"grade": _grade, "check": _check, "release": _release}[args.command](args)
+        return {"grade": _grade, "export": _export, "check": _check,
+                "release": _release}[args.command](args)
     except Failure as exc:
         print(f"llmcourse: error: {exc}", file=sys.stderr)
         return 2
@@ -113,11 +133,14 @@ def _writable(path: Path | None) -> None:
 
 
 def _grade(args) -> int:
-    from .grading.grade import Options, clean_rows, grade, rows_to_csv, rows_to_json
+    from .grading.cohort import Engine, grade_cohort
+    from .grading.grade import Options, clean_rows
 
     root = _root()
-    _writable(args.json)
-    _writable(args.csv)
+    for out in (args.json, args.csv, args.html):
+        _writable(out)
+    if args.scheduler and not args.scheduler.startswith(("tcp://", "tls://", "ucx://")):
+        raise Failure(f"--scheduler must be an address like tcp://host:8786, not {args.scheduler!r}")
     if not args.path.exists():
         raise Failure(f"no such file or folder: {args.path}")
     if args.path.is_file() and args.path.suffix != ".ipynb":
@@ -126,17 +149,52 @@ def _grade(args) -> int:
                       cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
                       memory=args.memory, feedback=not args.no_feedback, seed=args.seed,
                       unsafe=args.unsafe_no_sandbox)
+    engine = Engine(jobs=args.jobs or 0, dask=args.dask, scheduler=args.scheduler)
+    progress = not args.no_progress and sys.stderr.isatty()
     try:
-        rows = grade(args.path, root, options, args.assignment, args.student,
-                     log=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        rows = grade_cohort(args.path, root, options, args.assignment, args.student, engine=engine,
+                            db_url=args.db, log=lambda m: print(m, file=sys.stderr), progress=progress)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise Failure(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a database that cannot be reached
+        if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "distributed", "dask"):
+            raise Failure(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise
     clean_rows(rows)
     _table(rows)
-    if args.json:
-        args.json.write_text(rows_to_json(rows), encoding="utf-8")
-    if args.csv:
-        args.csv.write_text(rows_to_csv(rows), encoding="utf-8")
+    _write(rows, args.json, args.csv, args.html)
+    return 0
+
+
+def _write(rows, json_path, csv_path, html_path) -> None:
+    from .grading.grade import rows_to_csv, rows_to_json
+
+    if json_path:
+        json_path.write_text(rows_to_json(rows), encoding="utf-8")
+    if csv_path:
+        csv_path.write_text(rows_to_csv(rows), encoding="utf-8")
+    if html_path:
+        from .grading.report import report_html
+
+        html_path.write_text(report_html(rows), encoding="utf-8")
+
+
+def _export(args) -> int:
+    from .grading.cohort import export
+
+    root = _root()
+    for out in (args.json, args.csv, args.html):
+        _writable(out)
+    course = (args.course_dir or root / "autograder").resolve()
+    if not args.db and not (course / "gradebook.db").exists():
+        raise Failure(f"no gradebook in {course} (pass --course-dir or --db)")
+    try:
+        rows = export(course, args.db, args.assignment)
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be read: one line
+        raise Failure(f"cannot read the gradebook: {type(exc).__name__}: "
+                      f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
+    _table(rows)
+    _write(rows, args.json, args.csv, args.html)
     return 0
 
 

@@ -1,0 +1,388 @@
+"""Grading a cohort: one job = one learner's hand-in of one chapter, run by a pool of workers.
+
+Workers (processes of this machine via :mod:`concurrent.futures`, or Dask workers: an
+embedded ``LocalCluster`` or a scheduler at ``tcp://host:8786``) each prepare a chapter once
+(the truth from a pristine copy and the learner build, exactly as :func:`.grade._prepare`),
+grade hand-ins in the sandbox into a private scratch gradebook, and return a :class:`Result`:
+the rows, the grades and comments nbgrader and the verification settled, and the files
+(submitted, autograded, feedback). Only the coordinator writes the real gradebook
+(:mod:`.store`), one transaction per learner as each result arrives, so a killed batch loses
+at most the learners that were running, and a rerun grades only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..checks.core import exception_line
+from .grade import NOT_SANDBOXED, Options, Row, _digest
+from .store import Store, sqlite_url, write_files
+
+
+@dataclass
+class Job:
+    student: str
+    assignment: str
+    digest: str
+    sub: object  # submissions.Submission (picklable)
+
+
+@dataclass
+class Result:
+    student: str
+    assignment: str
+    digest: str
+    rows: list[dict]
+    grades: dict | None  # notebook -> {"grades": {id: (auto, manual, extra, needs)}, "comments": ...}
+    files: dict[str, bytes] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: prepare, autograde, verify, ...
+    worker: str = ""
+
+
+def job_digest(sub, source_digest: str, options: Options) -> str:
+    """What decides a learner's grade: the hand-in, the chapter's source, the limits."""
+    h = hashlib.sha256()
+    h.update(json.dumps([sorted(sub.notebooks.items()), sub.problems, source_digest,
+                         options.cell_timeout, options.notebook_timeout, options.memory,
+                         options.unsafe, options.feedback], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- worker
+_CHAPTERS: dict[tuple, object] = {}
+
+
+def _worker_chapter(assignment, root, options, seed):
+    """This worker's prepared chapter (made once per worker, batch seed and limits)."""
+    from .grade import _prepare
+    from .protocol import BatchDir
+    from .submissions import SourceIndex
+
+    k = (assignment, str(root), seed, options.cell_timeout, options.notebook_timeout,
+         options.memory, options.unsafe, options.feedback)
+    if k not in _CHAPTERS:
+        scratch = Path(tempfile.mkdtemp(prefix="llmc-worker-"))
+        private = replace(options, course_dir=scratch / "course")
+        private.course_dir.mkdir(parents=True)
+        t0 = time.perf_counter()
+        chapter = _prepare(assignment, SourceIndex(root), root, private, seed, BatchDir(scratch / "verify"))
+        _CHAPTERS[k] = (chapter, time.perf_counter() - t0)
+    return _CHAPTERS[k]
+
+
+def grade_job(job: Job, root: str, options: Options, seed: int) -> Result:
+    """Grade one hand-in in its sandbox; return everything, write nothing shared."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    from .grade import _grade_submission, _rows, _zero_gradebook
+
+    root_p = Path(root)
+    worker = f"{os.uname().nodename}:{os.getpid()}"
+    phases: dict[str, float] = {}
+    try:
+        fresh = (job.assignment, root, seed) not in {k[:3] for k in _CHAPTERS}
+        chapter, prep = _worker_chapter(job.assignment, root_p, options, seed)
+        if fresh:
+            phases["prepare (once per worker)"] = prep
+    except Exception as exc:  # the chapter could not be prepared here
+        line = f"grader error: {exception_line(exc)}"
+        return Result(job.student, job.assignment, job.digest, _error_rows(job, root_p, line), None,
+                      worker=worker)
+    course = chapter.options.course_dir
+    try:
+        t0 = time.perf_counter()
+        graded = _grade_submission(chapter, job.sub)
+        phases["autograde (sandbox + kernel)"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        rows = _rows(replace(chapter, options=replace(chapter.options, feedback=False)), graded,
+                     log=lambda m: None)
+        phases["verify + scan"] = time.perf_counter() - t1
+        if chapter.options.feedback and graded.success:
+            t2 = time.perf_counter()
+            fb = chapter.api.generate_feedback(job.assignment, job.student, force=True)
+            for row in rows:
+                html = course / "feedback" / job.student / job.assignment / f"{row.notebook}.html"
+                row.feedback = (str(options.course_dir / html.relative_to(course))
+                                if fb["success"] and html.exists() else "")
+            phases["feedback"] = time.perf_counter() - t2
+    except Exception as exc:  # one learner's failure: one line and 0, the batch goes on
+        _zero_gradebook(chapter, job.student)
+        rows = [Row(job.student, job.assignment, src.name, 0.0,
+                    sum(g.points for g in src.grade_cells.values()),
+                    problems=[f"grader error: {exception_line(exc)}"]) for src in chapter.sources]
+    grades: dict = {}
+    try:
+        with Gradebook(chapter.db_url, "llmcourse") as gb:
+            for nb in gb.find_submission(job.assignment, job.student).notebooks:
+                grades[nb.name] = {
+                    "grades": {g.name: (g.auto_score, g.manual_score, g.extra_credit,
+                                        bool(g.needs_manual_grade)) for g in nb.grades},
+                    "comments": {c.name: (c.auto_comment, c.manual_comment) for c in nb.comments}}
+    except MissingEntry:
+        grades = {}
+    files = {}
+    for kind in ("submitted", "autograded", "feedback"):
+        folder = course / kind / job.student / job.assignment
+        for p in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if p.is_file() and not p.is_symlink():
+                files[str(p.relative_to(course))] = p.read_bytes()
+        shutil.rmtree(course / kind / job.student, ignore_errors=True)
+    return Result(job.student, job.assignment, job.digest, [asdict(r) for r in rows], grades,
+                  files, phases, worker)
+
+
+def _error_rows(job, root, line):
+    from .submissions import SourceIndex
+
+    return [asdict(Row(job.student, job.assignment, src.name, 0.0,
+                       sum(g.points for g in src.grade_cells.values()), problems=[line]))
+            for src in SourceIndex(root).of(job.assignment)]
+
+
+# ------------------------------------------------------------------------------ coordinator
+@dataclass
+class Engine:
+    """Where jobs run: ``jobs`` local processes, or Dask (``dask=True``: a LocalCluster of
+    ``jobs`` workers; ``scheduler``: an existing cluster)."""
+
+    jobs: int = 0
+    dask: bool = False
+    scheduler: str | None = None
+
+    def start(self, n_jobs: int):
+        n = max(1, min(self.jobs or os.cpu_count() or 1, n_jobs))
+        if self.scheduler or self.dask:
+            from dask.distributed import Client, LocalCluster
+
+            if self.scheduler:
+                return Client(self.scheduler), n
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+            return Client(cluster), n
+        if n == 1:
+            return None, 1  # one at a time: in this process, no pool to start
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")), n
+
+
+def grade_cohort(path: Path, root: Path, options: Options, assignment: str | None = None,
+                 student: str | None = None, engine: Engine | None = None,
+                 db_url: str | None = None, log=print, progress: bool = False,
+                 stats: dict | None = None) -> list[Row]:
+    """Grade every hand-in under ``path``; rows of this batch (stored ones for skipped learners)."""
+    from .grade import _last_line
+    from .sandbox import NO_SANDBOX, probe
+    from .submissions import SourceIndex, discover
+
+    engine = engine or Engine()
+    index = SourceIndex(root)
+    if assignment and assignment not in index.assignments:
+        raise ValueError(f"unknown chapter {assignment!r} (known: {', '.join(index.assignments)})")
+    if not options.unsafe:
+        ok, why = probe()
+        if not ok:
+            raise RuntimeError(NO_SANDBOX.format(why=why))
+    subs = discover(path, index, assignment, student)
+    options.course_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(db_url or sqlite_url(options.course_dir), options.course_dir)
+    seed = options.seed if options.seed is not None else secrets.randbits(31)
+    loose: list[Row] = []
+    todo: list[Job] = []
+    wanted: list[tuple[str, str]] = []
+    stats = stats if stats is not None else {}
+    stats.update(skipped=0, graded=0, failed=0, busy=0, phases={})
+    try:
+        digests = {}
+        for sub in subs:
+            if sub.assignment not in index.assignments:
+                loose.append(Row(sub.student, sub.assignment, "-", 0, 0, problems=sub.problems or
+                                 ["could not tell which chapter this is; pass --assignment"]))
+                continue
+            if sub.assignment not in digests:
+                digests[sub.assignment] = _register(store, root, options, sub.assignment, _last_line)
+            job = Job(sub.student, sub.assignment, job_digest(sub, digests[sub.assignment], options), sub)
+            wanted.append((sub.student, sub.assignment))
+            if store.digest_of(job.student, job.assignment) == job.digest:
+                stats["skipped"] += 1
+                log(f"kept {job.student}/{job.assignment}: graded before, same hand-in")
+            else:
+                todo.append(job)
+        _run(store, todo, root, options, seed, engine, log, progress, stats)
+        stored: dict[tuple, list] = {}
+        for r in store.records():
+            stored.setdefault((r["student"], r["assignment"]), []).append(r)
+        rows = [_row(r) for key in wanted for r in stored.get(key, [])]
+    finally:
+        store.close()
+    rows += loose
+    if options.unsafe:
+        for row in rows:
+            if not row.problems or row.problems[0] != NOT_SANDBOXED:
+                row.problems.insert(0, NOT_SANDBOXED)
+    return rows
+
+
+def _register(store: Store, root: Path, options: Options, assignment: str, last_line) -> str:
+    """The chapter's cells in the gradebook (once per version of its source), under a claim."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    from .course import nbgrader_config
+
+    digest = _digest(root / "solutions" / assignment)
+    store.wait_claim("register", assignment)
+    try:
+        if store.source_digest(assignment) != digest:
+            cfg = nbgrader_config(root, options.course_dir)
+            cfg.CourseDirectory.db_url = store.url
+            api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
+            with tempfile.TemporaryDirectory(prefix="llmc-release-") as tmp:
+                api.coursedir.release_directory = tmp
+                result = api.generate_assignment(assignment, force=True, create=True)
+            if not result["success"]:
+                raise RuntimeError(f"could not register {assignment} in the gradebook: {last_line(result)}")
+            store.set_source_digest(assignment, digest)
+    finally:
+        store.release("register", assignment)
+    return digest
+
+
+def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None:
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    if not todo:
+        return
+    pool, n = engine.start(len(todo))
+    bar = _Bar(len(todo), n) if progress else None
+    pending: dict = {}
+    queue = list(todo)
+    t0 = time.perf_counter()
+
+    def settle(job, result):
+        store.commit(result)
+        write_files(options.course_dir, result.files)
+        store.release(job.student, job.assignment)
+        failed = any(r["problems"] and r["problems"][0].startswith("grader error") for r in result.rows)
+        stats["failed" if failed else "graded"] += 1
+        for phase, s in result.phases.items():
+            stats["phases"].setdefault(phase, []).append(s)
+        for r in result.rows:
+            log(f"graded {r['student']}/{r['assignment']}/{r['notebook']}: {r['score']:g}/{r['max_score']:g}")
+        if bar:
+            bar.update(stats, len(pending))
+
+    def claim(job) -> bool:
+        if not store.claim(job.student, job.assignment):
+            stats["busy"] += 1
+            log(f"skipped {job.student}/{job.assignment}: another grader is grading it")
+            return False
+        if store.digest_of(job.student, job.assignment) == job.digest:  # finished meanwhile
+            store.release(job.student, job.assignment)
+            stats["skipped"] += 1
+            return False
+        return True
+
+    try:
+        if pool is None:
+            for job in queue:
+                if claim(job):
+                    result = grade_job(job, str(root), options, seed)
+                    w = time.perf_counter()
+                    settle(job, result)
+                    stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
+            return
+        dask = not hasattr(pool, "shutdown") or engine.dask or engine.scheduler
+        while queue or pending:
+            while queue and len(pending) < 2 * n:  # a small lead, so claims stay fresh
+                job = queue.pop(0)
+                if claim(job):
+                    fut = pool.submit(grade_job, job, str(root), options, seed)
+                    pending[fut] = job
+            if bar:
+                bar.update(stats, len(pending))
+            if not pending:
+                continue
+            done = _wait(pool, pending, dask, wait, FIRST_COMPLETED)
+            for fut in done:
+                job = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as exc:  # the worker itself died: the learner is not lost
+                    result = Result(job.student, job.assignment, "failed:" + job.digest[:50],
+                                    _error_rows(job, root, f"grader error: {exception_line(exc)}"), None)
+                w = time.perf_counter()
+                settle(job, result)
+                stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
+    finally:
+        stats["seconds"] = time.perf_counter() - t0
+        if bar:
+            bar.close()
+        if pool is not None:
+            if hasattr(pool, "shutdown"):
+                pool.shutdown(wait=True, cancel_futures=True)
+            else:
+                cluster = getattr(pool, "cluster", None)
+                pool.close()
+                if cluster is not None and not engine.scheduler:
+                    cluster.close()
+
+
+def _wait(pool, pending, dask, wait, first):
+    if dask:
+        from dask.distributed import wait as dwait
+
+        return dwait(list(pending), return_when="FIRST_COMPLETED").done
+    return wait(list(pending), return_when=first).done
+
+
+class _Bar:
+    """done / running / failed, rate and time left, on standard error."""
+
+    def __init__(self, total: int, workers: int):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.t0 = time.perf_counter()
+        self.progress = Progress(TextColumn("grading"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                 TextColumn("left"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=False)
+        self.task = self.progress.add_task("grade", total=total, status=f"{workers} workers")
+        self.progress.start()
+
+    def update(self, stats, running):
+        done = stats["graded"] + stats["failed"]
+        rate = done / max(time.perf_counter() - self.t0, 1e-9) * 60
+        self.progress.update(self.task, completed=done + stats["busy"], status=(
+            f"running {running} · failed {stats['failed']} · {rate:.1f}/min"))
+
+    def close(self):
+        self.progress.stop()
+
+
+def _row(d: dict) -> Row:
+    from .grade import CellScore
+
+    d = dict(d)
+    d["cells"] = [CellScore(**c) for c in d.get("cells", [])]
+    return Row(**d)
+
+
+def export(course_dir: Path, db_url: str | None = None, assignment: str | None = None) -> list[Row]:
+    """Every learner's stored rows, for ``llmcourse export`` (CSV/JSON/HTML of a dead batch)."""
+    store = Store(db_url or sqlite_url(course_dir), course_dir)
+    try:
+        return [_row(r) for r in store.records(assignment)]
+    finally:
+        store.close()
