@@ -6,8 +6,8 @@ import pytest
 
 from llmcourse.checks import all_exercises, get, run
 
-IDS = ["01.add_k", "01.bpe_decode", "01.bpe_encode", "01.bpe_merge", "01.bpe_train",
-       "01.kneser_ney", "01.mlp_lm_forward", "01.ngram_counts", "01.ngram_sample", "01.perplexity"]
+IDS = ["01.add_k", "01.bpe_decode", "01.bpe_encode", "01.bpe_merge", "01.bpe_split_special",
+       "01.bpe_train", "01.kneser_ney", "01.mlp_lm_forward", "01.ngram_counts", "01.ngram_sample", "01.perplexity"]
 
 # What a learner might write in the notebook: loops and lists, no course code.
 LEARNER = '''
@@ -73,6 +73,24 @@ def bpe_decode(ids, merges):
     for r, (a, b) in enumerate(merges):
         vocab[256 + r] = vocab[a] + vocab[b]
     return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def bpe_split_special(text, special_tokens):
+    # no regex: scan, trying the longest special token first at each position
+    specials = sorted(set(special_tokens), key=len, reverse=True)
+    pieces, start, i = [], 0, 0
+    while i < len(text):
+        hit = next((s for s in specials if text.startswith(s, i)), None)
+        if hit is None:
+            i += 1
+            continue
+        if i > start:
+            pieces.append(text[start:i])
+        pieces.append(hit)
+        i = start = i + len(hit)
+    if start < len(text):
+        pieces.append(text[start:])
+    return tuple(pieces)
 '''
 
 
@@ -80,11 +98,12 @@ def test_chapter_registers_its_exercises():
     assert [e.id for e in all_exercises("01")] == IDS
     assert {get(i).entry for i in IDS} >= {"ngram_counts", "add_k_probs", "kneser_ney_probs",
                                            "perplexity", "sample_ngram", "bpe_train", "bpe_encode",
-                                           "bpe_decode", "bpe_merge", "mlp_lm_forward"}
+                                           "bpe_decode", "bpe_merge", "mlp_lm_forward",
+                                           "bpe_split_special"}
 
 
 @pytest.mark.parametrize("exercise_id", ["01.ngram_counts", "01.bpe_merge", "01.bpe_train",
-                                         "01.bpe_encode", "01.bpe_decode"])
+                                         "01.bpe_encode", "01.bpe_decode", "01.bpe_split_special"])
 def test_plain_python_answers_pass(learner, exercise_id):
     module = learner(LEARNER)
     ex = get(exercise_id)

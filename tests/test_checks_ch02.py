@@ -23,7 +23,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 torch.set_num_threads(1)
 
 IDS = ["02.causal_mask", "02.decoder_layer", "02.encoder_layer", "02.ffn", "02.gpt",
-       "02.layer_norm", "02.mha", "02.padding_mask", "02.rope", "02.sdpa", "02.sinusoidal"]
+       "02.layer_norm", "02.mha", "02.padding_mask", "02.rope", "02.sdpa", "02.sinusoidal",
+       "02.to_hf_gpt2"]
 
 # Correct answers written the way a learner would, NOT copied from the reference: other
 # formulas and operation orders, float32 angles for float32 inputs, nn.LayerNorm inside the
