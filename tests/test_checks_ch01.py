@@ -7,7 +7,8 @@ import pytest
 from llmcourse.checks import all_exercises, get, run
 
 IDS = ["01.add_k", "01.bpe_decode", "01.bpe_encode", "01.bpe_merge", "01.bpe_split_special",
-       "01.bpe_train", "01.kneser_ney", "01.mlp_lm_forward", "01.ngram_counts", "01.ngram_sample", "01.perplexity"]
+       "01.bpe_train", "01.kneser_ney", "01.mlp_lm_forward", "01.ngram_counts", "01.ngram_sample",
+       "01.perplexity"]
 
 # What a learner might write in the notebook: loops and lists, no course code.
 LEARNER = '''
