@@ -181,8 +181,8 @@ def test_failing_dependency_is_named(exid, dep):
     pytest.fail(f"no mistake of {dep} among the first three makes {exid} fail")
 
 
-def test_kd_loss_names_its_broken_kl():
-    """Issue 20's compound failure: distillation_loss calling a wrong distillation_kl."""
+def _kd_learner() -> dict:
+    """A learner's distillation_kl without T^2, and a right distillation_loss calling it."""
     ns = {"__name__": "__main__"}
     exec("import torch\nimport torch.nn.functional as F\n"
          "def distillation_kl(s, t, T=1.0):\n"
@@ -191,7 +191,12 @@ def test_kd_loss_names_its_broken_kl():
          "def distillation_loss(s, t, y, T=2.0, alpha=0.5):\n"
          "    hard = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1))\n"
          "    return alpha * distillation_kl(s, t, T) + (1 - alpha) * hard\n", ns)
-    r = run(get("06.kd_loss"), ns["distillation_loss"])
+    return ns
+
+
+def test_kd_loss_names_its_broken_kl():
+    """Issue 20's compound failure: distillation_loss calling a wrong distillation_kl."""
+    r = run(get("06.kd_loss"), _kd_learner()["distillation_loss"])
     text = str(r)
     assert r.status == "fail"
     assert "uses your `distillation_kl`, which fails 06.kd_kl: fix that first." in text, text
@@ -323,6 +328,8 @@ EXTRA = {  # issue 20's examples, always in the snapshot
     "02": [("02.causal_mask", "inverted (True = blocked)",
             lambda T: torch.ones(T, T, dtype=torch.bool).triu(1))],
     "04": [("04.mask_tokens", "generator ignored", _mask_tokens_global_rng)],
+    "06": [("06.kd_loss", "a right loss calling a wrong distillation_kl",
+            _kd_learner()["distillation_loss"])],
 }
 MAX_LINES, MAX_LINE = 8, 400
 
