@@ -137,6 +137,9 @@ def find_violations(tree: ast.AST, rules: tuple[Rule, ...], aliases: dict[str, s
 def _locals(node: ast.AST) -> set[str]:
     """Names a function binds itself (arguments, assignments, loop variables): a local
     ``x`` is not the notebook's top-level ``x``."""
+    if isinstance(node, ast.ClassDef):  # a method's arguments and locals are its own
+        return set().union(*(_locals(f) for f in ast.walk(node)
+                             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))))
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
         return set()
     names = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
