@@ -10,6 +10,10 @@
    notebook in ms, and the grader process's own peak memory on the largest allowed notebook;
 7. `llmcourse check` (`--only check`) vs `jupyter nbconvert --execute` on the solved chapter 00
    warm-up notebook (median of 5 paired runs; target ratio <= 1.1: one notebook execution);
+8. a cohort (`--only cohort`): the same 20 solved chapter 00 notebooks graded with `--jobs 1`,
+   `--jobs 2` and a 2-worker Dask LocalCluster: notebooks per minute, the speed-up jobs=2 /
+   jobs=1 (target >= 1.7 on 2 cores) and the cost per notebook by phase
+   (LLMCOURSE_BENCH_COHORT=N grades N notebooks instead of 20);
 6. the book (`--only book`): a clean build (empty build folder and execution cache), a
    rebuild from an empty build folder with the execution cache kept, and an incremental
    rebuild with nothing changed (target for the cached ones: <= 60 s on a 2-core CPU).
@@ -31,7 +35,7 @@ from conftest import ROOT, chapter_names, filled_student_notebook, save  # noqa:
 from llmcourse.checks import all_exercises, run  # noqa: E402
 
 os.environ.pop("LLMCOURSE_QUICK", None)  # conftest sets it for the suite; the bench times full budgets
-SECTIONS = ("checks", "notebooks", "grading", "batch", "sandbox", "book", "check")
+SECTIONS = ("checks", "notebooks", "grading", "batch", "sandbox", "book", "check", "cohort")
 
 
 def timed(cmd: list[str], **kw) -> float:
@@ -81,6 +85,40 @@ def main(argv: list[str] | None = None) -> None:
         _book(tmp / "book")
     if "check" in only:
         _check_cost(tmp, jupyter)
+    if "cohort" in only:
+        _cohort(tmp)
+
+
+def _cohort(tmp) -> None:
+    """Issue 18: throughput of --jobs 1, --jobs 2 and a 2-worker Dask LocalCluster."""
+    from llmcourse.grading.cohort import Engine, grade_cohort
+    from llmcourse.grading.grade import Options
+    from llmcourse.grading.sandbox import probe
+
+    n = int(os.environ.get("LLMCOURSE_BENCH_COHORT", "20"))
+    ch, name = "00-getting-started", "warmup"
+    for i in range(n):
+        save(tmp / "cohort" / f"learner{i:02d}" / f"{name}.ipynb", filled_student_notebook(ch, name))
+    unsafe = not probe()[0]
+    print(f"\n8. a cohort: {n} solved {ch} notebooks, feedback on"
+          + (" (no sandbox on this machine: --unsafe-no-sandbox)" if unsafe else ""))
+    rates = {}
+    for label, engine in [("--jobs 1", Engine(jobs=1)), ("--jobs 2", Engine(jobs=2)),
+                          ("Dask LocalCluster, 2 workers", Engine(jobs=2, dask=True))]:
+        stats: dict = {}
+        course = tmp / f"cohort-{len(rates)}"
+        t = time.perf_counter()
+        rows = grade_cohort(tmp / "cohort", ROOT, Options(course_dir=course, seed=1, unsafe=unsafe), ch,
+                            engine=engine, log=lambda m: None, stats=stats)
+        t = time.perf_counter() - t
+        assert len(rows) == n and all(r.score == r.max_score for r in rows), [r.problems for r in rows]
+        rates[label] = n / t * 60
+        print(f"   {label:30s} wall {t:6.1f} s   {rates[label]:5.1f} notebooks/min")
+        for phase, secs in stats["phases"].items():
+            print(f"      {phase:32s} {statistics.mean(secs):6.2f} s per "
+                  f"{'worker' if 'once' in phase else 'notebook'} (n={len(secs)})")
+    print(f"   speed-up jobs=2 / jobs=1: {rates['--jobs 2'] / rates['--jobs 1']:.2f} (target >= 1.7)")
+    print(f"   Dask / jobs=2: {rates['Dask LocalCluster, 2 workers'] / rates['--jobs 2']:.2f}")
 
 
 def _check_cost(tmp, jupyter) -> None:
@@ -95,7 +133,8 @@ def _check_cost(tmp, jupyter) -> None:
     ratio = statistics.median(c / p for p, c in pairs)
     print("\n7. llmcourse check vs nbconvert --execute, solved warm-up (median of 5 paired runs)")
     print(f"   nbconvert --execute   {plain:6.2f} s")
-    print(f"   llmcourse check       {mine:6.2f} s   ratio {ratio:.2f} (target <= 1.1)")
+    print(f"   llmcourse check       {mine:6.2f} s   ratio {ratio:.2f} (median of the paired "
+          "ratios; target <= 1.1)")
 
 
 def _book(out: Path) -> None:
