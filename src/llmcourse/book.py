@@ -95,14 +95,16 @@ def _drop_launch_buttons_off_notebooks(app, pagename, templatename, context, doc
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
     # sphinx-thebe adds its inline `const THEBE_JS_URL = ...` once per read phase; a second
     # copy on a page is a SyntaxError in the browser console ("already been declared").
+    # In place: it is the builder's own list, to which later handlers (MathJax, mermaid) add.
     if "script_files" in context:
         seen, kept = set(), []
         for js in context["script_files"]:
-            key = str(js)
+            # the same script registered twice may differ in priority only
+            key = (str(getattr(js, "filename", js)), tuple(sorted(getattr(js, "attributes", {}).items())))
             if key not in seen:
                 seen.add(key)
                 kept.append(js)
-        context["script_files"] = kept
+        context["script_files"][:] = kept
 
 
 #: Book-only files (CSS, favicon): served from _static/ (no .js here: see _config.yml).
@@ -122,7 +124,9 @@ def library_hash() -> str:
     h = hashlib.sha256()
     pkg = Path(__file__).parent
     for path in sorted(pkg.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
+        # this file and static/ shape the HTML, not what the pages' code computes
+        if path.is_file() and "__pycache__" not in path.parts and path.name != "book.py" \
+                and "static" not in path.relative_to(pkg).parts[:1]:
             h.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes())
     for dist in ("torch", "numpy", "matplotlib"):
         try:
