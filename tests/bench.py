@@ -167,7 +167,8 @@ def _checks(prefixes: list[str]) -> None:
 
 def _grading(only, tmp, jupyter, solved) -> None:
     (ch, name), path = next(iter(solved.items()))
-    grade = [sys.executable, "-m", "llmcourse.cli", "grade", str(path), "--course-dir"]
+    # --regrade: each timed run grades again (a rerun of the same hand-in is kept, issue 18)
+    grade = [sys.executable, "-m", "llmcourse.cli", "grade", "--regrade", str(path), "--course-dir"]
     if "grading" not in only:
         return _batch(tmp, grade, ch, name, path)
     print("\n3. grading overhead: llmcourse grade vs nbconvert --execute (median of 3)")

@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, filled_student_notebook, load, sandbox_available, save
 
 CH, NB = "00-getting-started", "warmup"
-LEARNERS = {"ada": "solved", "bo": "stub", "cy": "solved"}
+LEARNERS = {"ada": "solved", "bo": "stub"}  # few: each one is a sandboxed notebook run
 
 
 def _batch(folder: Path) -> Path:
@@ -99,7 +99,7 @@ def clean(tmp_path_factory):
 @pytest.mark.slow
 def test_killed_batch_resumes_with_only_the_missing_learners(tmp_path, clean):
     subs, course = _batch(tmp_path / "subs"), tmp_path / "course"
-    proc = subprocess.Popen(_cmd(subs, course, "--jobs", "2"), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(subs, course, "--jobs", "1"), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     db, done = course / "gradebook.db", 0
     deadline = time.time() + 500
@@ -117,10 +117,10 @@ def test_killed_batch_resumes_with_only_the_missing_learners(tmp_path, clean):
     con = sqlite3.connect(db)
     before = {s: json.loads(r) for s, r in con.execute("select student, rows_json from llmcourse_results")}
     con.close()
-    assert 1 <= len(before) <= len(LEARNERS)
+    assert 1 <= len(before) < len(LEARNERS), "the batch finished before the kill"
     for who, rows in before.items():  # whatever the kill left is complete
         assert _scores(rows)[who] == _scores(clean[0])[who]
-    resumed = _run(_cmd(subs, course, "--jobs", "2", "--json", str(tmp_path / "rows.json")))
+    resumed = _run(_cmd(subs, course, "--jobs", "1", "--json", str(tmp_path / "rows.json")))
     assert _said(resumed.stderr, "kept") == set(before)
     assert _said(resumed.stderr, "graded") == set(LEARNERS) - set(before)
     rows = json.loads((tmp_path / "rows.json").read_text())

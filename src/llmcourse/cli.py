@@ -80,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--html", type=Path, help="write the instructor report (score histograms, "
                    "most common mistakes) as HTML to this file")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--regrade", action="store_true", help="grade every hand-in again, also those "
+                   "the gradebook already holds a complete result for (default: keep them)")
 
     e = sub.add_parser("export", help="CSV/JSON/HTML of every graded learner, rebuilt from the gradebook")
     e.add_argument("--course-dir", type=Path, default=None, help="course folder (default: autograder/)")
@@ -153,7 +155,8 @@ def _grade(args) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         rows = grade_cohort(args.path, root, options, args.assignment, args.student, engine=engine,
-                            db_url=args.db, log=lambda m: print(m, file=sys.stderr), progress=progress)
+                            db_url=args.db, log=lambda m: print(m, file=sys.stderr), progress=progress,
+                            regrade=args.regrade)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise Failure(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - e.g. a database that cannot be reached

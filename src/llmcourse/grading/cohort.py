@@ -33,6 +33,7 @@ class Job:
     assignment: str
     digest: str
     sub: object  # submissions.Submission (picklable)
+    force: bool = False  # --regrade: grade it even if a record of this hand-in exists
 
 
 @dataclass
@@ -178,8 +179,9 @@ class Engine:
 def grade_cohort(path: Path, root: Path, options: Options, assignment: str | None = None,
                  student: str | None = None, engine: Engine | None = None,
                  db_url: str | None = None, log=print, progress: bool = False,
-                 stats: dict | None = None) -> list[Row]:
-    """Grade every hand-in under ``path``; rows of this batch (stored ones for skipped learners)."""
+                 stats: dict | None = None, regrade: bool = False) -> list[Row]:
+    """Grade every hand-in under ``path``; rows of this batch (stored ones for skipped learners).
+    A learner whose stored record was made from the same hand-in is kept unless ``regrade``."""
     from .grade import _last_line
     from .sandbox import NO_SANDBOX, probe
     from .submissions import SourceIndex, discover
@@ -212,7 +214,10 @@ def grade_cohort(path: Path, root: Path, options: Options, assignment: str | Non
                 digests[sub.assignment] = _register(store, root, options, sub.assignment, _last_line)
             job = Job(sub.student, sub.assignment, job_digest(sub, digests[sub.assignment], options), sub)
             wanted.append((sub.student, sub.assignment))
-            if store.digest_of(job.student, job.assignment) == job.digest:
+            if regrade:
+                job.force = True
+                todo.append(job)
+            elif store.digest_of(job.student, job.assignment) == job.digest:
                 stats["skipped"] += 1
                 log(f"kept {job.student}/{job.assignment}: graded before, same hand-in")
             else:
@@ -286,7 +291,7 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
             stats["busy"] += 1
             log(f"skipped {job.student}/{job.assignment}: another grader is grading it")
             return False
-        if store.digest_of(job.student, job.assignment) == job.digest:  # finished meanwhile
+        if not job.force and store.digest_of(job.student, job.assignment) == job.digest:  # done meanwhile
             store.release(job.student, job.assignment)
             stats["skipped"] += 1
             return False
