@@ -279,12 +279,7 @@ def test_nothing_leaves_loopback(crawl):
 
 
 #: Console messages known and not yet fixed, each with the reason (keep this list short).
-KNOWN_CONSOLE = {
-    # sphinx-thebe's inline config script is on every page twice (a second declaration of a
-    # const); harmless while `launch_buttons.thebe` is off, but still an error in the console.
-    # llmcourse.book._dedupe_scripts does not catch it yet: fix, then delete this entry.
-    "uncaught: Identifier 'THEBE_JS_URL' has already been declared",
-}
+KNOWN_CONSOLE: set[str] = set()
 
 
 def test_no_console_errors(crawl):

@@ -99,8 +99,9 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     if "script_files" in context:
         seen, kept = set(), []
         for js in context["script_files"]:
-            # the same script registered twice may differ in priority only
-            key = (str(getattr(js, "filename", js)), tuple(sorted(getattr(js, "attributes", {}).items())))
+            # the second copy has filename "" where the first has None
+            key = (str(getattr(js, "filename", js) or ""),
+                   tuple(sorted(getattr(js, "attributes", {}).items())))
             if key not in seen:
                 seen.add(key)
                 kept.append(js)
