@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, filled_student_notebook, load, sandbox_available, save
 
+pytestmark = pytest.mark.xdist_group("cohort")  # one worker: the clean run and the server are shared
 CH, NB = "00-getting-started", "warmup"
 LEARNERS = {"ada": "solved", "bo": "stub"}  # few: each one is a sandboxed notebook run
 

@@ -70,13 +70,24 @@ def _worker_chapter(assignment, root, options, seed):
     k = (assignment, str(root), seed, options.cell_timeout, options.notebook_timeout,
          options.memory, options.unsafe, options.feedback)
     if k not in _CHAPTERS:
+        if not _CHAPTERS:
+            import atexit
+
+            atexit.register(forget_chapters)
         scratch = Path(tempfile.mkdtemp(prefix="llmc-worker-"))
         private = replace(options, course_dir=scratch / "course")
         private.course_dir.mkdir(parents=True)
         t0 = time.perf_counter()
         chapter = _prepare(assignment, SourceIndex(root), root, private, seed, BatchDir(scratch / "verify"))
-        _CHAPTERS[k] = (chapter, time.perf_counter() - t0)
-    return _CHAPTERS[k]
+        _CHAPTERS[k] = (chapter, time.perf_counter() - t0, scratch)
+    return _CHAPTERS[k][:2]
+
+
+def forget_chapters() -> None:
+    """Drop this process's prepared chapters and their scratch folders."""
+    for _chapter, _t, scratch in _CHAPTERS.values():
+        shutil.rmtree(scratch, ignore_errors=True)
+    _CHAPTERS.clear()
 
 
 def grade_job(job: Job, root: str, options: Options, seed: int) -> Result:
@@ -311,7 +322,8 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
             while queue and len(pending) < 2 * n:  # a small lead, so claims stay fresh
                 job = queue.pop(0)
                 if claim(job):
-                    fut = pool.submit(grade_job, job, str(root), options, seed)
+                    fut = (pool.submit(grade_job, job, str(root), options, seed, pure=False) if dask
+                           else pool.submit(grade_job, job, str(root), options, seed))
                     pending[fut] = job
             if bar:
                 bar.update(stats, len(pending))
@@ -332,7 +344,9 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
         stats["seconds"] = time.perf_counter() - t0
         if bar:
             bar.close()
-        if pool is not None:
+        if pool is None:
+            forget_chapters()
+        else:
             if hasattr(pool, "shutdown"):
                 pool.shutdown(wait=True, cancel_futures=True)
             else:

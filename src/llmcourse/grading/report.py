@@ -12,7 +12,17 @@ import html
 import re
 from collections import Counter, defaultdict
 
-DIAGNOSIS = re.compile(r"(\d\d\.[A-Za-z0-9_]+): [^;]*? - diagnosis: ([^;]+)")
+EXERCISE = re.compile(r"(\d\d\.[A-Za-z0-9_]+): ")
+
+
+def diagnoses(reason: str):
+    """(exercise, mistake) pairs in a cell's reason ('00.x: message - diagnosis: name; ...')."""
+    exid = None
+    for seg in (reason or "").split("; "):
+        m = EXERCISE.match(seg)
+        exid = m.group(1) if m else exid
+        if " - diagnosis: " in seg and exid:
+            yield exid, seg.split(" - diagnosis: ", 1)[1].strip()
 
 
 def _get(row, name):
@@ -28,7 +38,7 @@ def mistakes(rows) -> list[tuple[str, str, int]]:
     who: dict[tuple[str, str], set] = defaultdict(set)
     for r in rows:
         for c in _cells(r):
-            for exid, name in DIAGNOSIS.findall(c.get("reason") or ""):
+            for exid, name in diagnoses(c.get("reason") or ""):
                 who[(exid, name.strip())].add(_get(r, "student"))
     return sorted(((e, m, len(s)) for (e, m), s in who.items()), key=lambda t: (-t[2], t[0], t[1]))
 
