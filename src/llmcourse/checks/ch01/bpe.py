@@ -362,6 +362,10 @@ class BpeSplitSpecial(_PiecesExercise):
         cases = [
             Case("two documents", ("a cat sat." + _EOT + "a dog ran.", [_EOT])),
             Case("adjacent, first and last", (_EOT + "x" + _EOT + _EOT + "y" + _EOT, [_EOT])),
+            # three nested specials, the middle one listed first: each wrong order cuts the
+            # longest one differently, so this case alone tells the two order mistakes apart
+            Case("three nested, middle listed first", ("x<|a|><|b|><|c|>y<|a|>",
+                                                      ["<|a|><|b|>", "<|a|>", "<|a|><|b|><|c|>"])),
             Case("overlap, longer listed last", ("a" + _EOT2 + "b" + _EOT + "c", [_EOT, _EOT2])),
             Case("overlap, longer listed first", (_EOT2 + _EOT + "b" + _EOT2, [_EOT2, _EOT, _IM])),
             Case("no special tokens", ("hello <|world|>", [])),
