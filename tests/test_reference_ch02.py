@@ -411,3 +411,59 @@ def test_gpt_kv_cache_logits_equal_full_forward():
     assert cache[0][0].shape == (2, 4, 10, 4)
     with pytest.raises(ValueError, match="block_size"):
         model.generate(idx, 7)
+
+
+# -- a query with no allowed key (fully masked row) --------------------------------------
+
+def _left_padding(lengths, T):
+    """(batch, T, T): causal & left padding (real tokens at the end)."""
+    keep = torch.arange(T) >= T - lengths[:, None]
+    return attention_ref.causal_mask(T) & keep[:, None, :], keep
+
+
+def test_fully_masked_rows_are_zeros_like_torch_sdpa():
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (randn(g, 3, 2, 6, 4).requires_grad_() for _ in range(3))
+    mask, _ = _left_padding(torch.tensor([6, 3, 1]), 6)
+    mask = mask[:, None]  # (3, 1, 6, 6): sequence 2 has 5 padding queries that see nothing
+    empty = ~mask.any(-1)
+    assert empty.sum() == 3 + 5  # the rows under test exist
+    got = attention_ref.scaled_dot_product_attention(q, k, v, mask)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    w = attention_ref.attention_weights(q, k, mask)
+    assert torch.equal(w[empty.expand_as(w[..., 0])], torch.zeros_like(w[empty.expand_as(w[..., 0])]))
+    torch.testing.assert_close(w.sum(-1), (~empty).to(F64).expand_as(w[..., 0]))
+    got.sum().backward()  # no NaN gradient either
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_left_padding_through_three_layers_has_no_nan_and_equals_torch():
+    """Left padding + causal mask: the padding queries see nothing. With NaN there, the next
+    layer's real queries would take 0 * NaN = NaN from the padding's values."""
+    g = torch.Generator().manual_seed(12)
+    d, h, ff, T = 16, 4, 24, 7
+    lengths = torch.tensor([7, 4, 1])
+    mask, keep = _left_padding(lengths, T)
+    theirs = [randomize(nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, batch_first=True,
+                                                   dtype=F64), g).train() for _ in range(3)]
+    ours = [transformer_ref.load_from_torch(transformer_ref.EncoderLayer(d, h, ff).to(F64), t).eval()
+            for t in theirs]
+    x = randn(g, 3, T, d, dtype=F64)
+    y, z = x, x
+    with torch.no_grad():
+        for o, t in zip(ours, theirs):
+            y = o(y, mask)
+            # train() keeps PyTorch off its fused inference path (no dropout: p = 0)
+            z = t(z, src_mask=~attention_ref.causal_mask(T), src_key_padding_mask=~keep)
+    assert torch.isfinite(y).all()
+    real = keep[..., None].expand_as(y)
+    torch.testing.assert_close(y[real], z[real], rtol=1e-10, atol=1e-10)
+    # the real tokens do not depend on what the padding holds
+    x2 = x.clone()
+    x2[~keep] = 100.0
+    y2 = x2
+    with torch.no_grad():
+        for o in ours:
+            y2 = o(y2, mask)
+    torch.testing.assert_close(y2[real], y[real], rtol=1e-10, atol=1e-10)

@@ -7,8 +7,11 @@ Conventions used throughout the course
   for boolean masks, True = blocked; convert with ``~mask`` when you call it.)
 * A mask is broadcast against the scores, shape ``(..., T_q, T_k)``: a causal mask is
   ``(T, T)``, a key-padding mask for a batch is ``(batch, 1, T_k)``.
-* A row in which every key is masked has no defined answer (softmax of all -inf); the course
-  never asks for one.
+* A query row in which every key is masked (a padding position under left padding and a
+  causal mask, for instance) attends to nothing: its weights and its output are **zeros**, as
+  in PyTorch's ``F.scaled_dot_product_attention``. (The plain softmax of a row of -inf is
+  0/0 = NaN, and with padding the NaN spreads to every position of the next layer, because
+  0 * NaN = NaN in the weighted sum over values.)
 * Linear layers use ``nn.Linear``'s layout: ``weight`` is ``(out_features, in_features)`` and
   ``y = x @ weight.T + bias``.
 * RoPE uses the GPT-NeoX / Hugging Face LLaMA "rotate half" layout: feature ``i`` is paired
@@ -33,12 +36,14 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     """softmax(q k^T / sqrt(d_k)) over the keys, with masked scores set to -inf first.
 
     q: (..., T_q, d_k), k: (..., T_k, d_k), mask: bool broadcastable to (..., T_q, T_k).
-    Returns (..., T_q, T_k); every row sums to 1.
+    Returns (..., T_q, T_k); every row with an allowed key sums to 1, a row with none is 0.
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return softmax(scores, dim=-1)
+    if mask is None:
+        return softmax(scores, dim=-1)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    # a fully masked row would be 0/0 = NaN: it attends to nothing, weights 0
+    return softmax(scores, dim=-1).masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -48,7 +53,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     q: (..., T_q, d_k), k: (..., T_k, d_k), v: (..., T_k, d_v); the leading dims broadcast.
     mask: optional bool tensor broadcastable to (..., T_q, T_k), True = may attend. Masked
     scores become -inf BEFORE the softmax, so each row is renormalised over allowed keys.
-    Returns (..., T_q, d_v): every output row is a convex combination of the rows of v.
+    Returns (..., T_q, d_v): every output row is a convex combination of the rows of v, or
+    zeros for a query with no allowed key (as PyTorch's SDPA).
     """
     return attention_weights(q, k, mask) @ v
 

@@ -46,10 +46,11 @@ def _random_mask(g, *shape) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # 02.sdpa
 
-def _sdpa(q, k, v, mask=None, *, scale=None, dim=-1, mask_how="before"):
+def _sdpa(q, k, v, mask=None, *, scale=None, dim=-1, mask_how="before", empty_rows="zero"):
     """Attention with knobs, to build the known mistakes from. mask_how: "before" (right),
     "after" (zero the weights after the softmax), "zero" (fill 0, not -inf), "inverted",
-    anything else: the mask is ignored."""
+    anything else: the mask is ignored. empty_rows: "zero" (right: a query with no allowed
+    key gets weights 0, as the task says) or "nan" (the plain softmax: 0/0)."""
     scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if mask is not None and mask_how == "before":
         scores = scores.masked_fill(~mask, -INF)
@@ -60,6 +61,8 @@ def _sdpa(q, k, v, mask=None, *, scale=None, dim=-1, mask_how="before"):
     w = torch.softmax(scores, dim=dim)
     if mask is not None and mask_how == "after":
         w = w * mask
+    if mask is not None and empty_rows == "zero":
+        w = w.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     return w @ v
 
 
@@ -95,6 +98,19 @@ def _sdpa_mask_ignored(q, k, v, mask=None):
     return _sdpa(q, k, v)
 
 
+def _sdpa_nan_rows(q, k, v, mask=None):
+    return _sdpa(q, k, v, mask, empty_rows="nan")
+
+
+def _left_padded(g, batch: int, T: int) -> torch.Tensor:
+    """(batch, T, T) causal & LEFT-padding mask: the padding comes first, so a padding query
+    sees only padding keys and its row is all False."""
+    lengths = _lengths(g, batch, T)
+    lengths[-1] = min(int(lengths[-1]), T - 2)  # at least two padding positions
+    keep = torch.arange(T) >= T - lengths[:, None]  # (batch, T): real tokens at the end
+    return attention_ref.causal_mask(T) & keep[:, None, :]
+
+
 def _sdpa_returns_weights(q, k, v, mask=None):
     return attention_ref.attention_weights(q, k, mask)
 
@@ -127,6 +143,10 @@ SDPA_MISTAKES = (
             "is False (masked_fill(~mask, -inf)).", _sdpa_mask_inverted),
     Mistake("mask ignored", "when a mask is given, scores where it is False must become -inf "
             "before the softmax.", _sdpa_mask_ignored),
+    Mistake("NaN from a fully masked row", "a query whose mask row is all False has no key to "
+            "attend to: softmax of all -inf is 0/0 = NaN. Give it zero weights (as PyTorch's "
+            "SDPA does): weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0).",
+            _sdpa_nan_rows),
     Mistake("returned the attention weights", "return weights @ v, shape (..., T_q, d_v), not "
             "the (..., T_q, T_k) weights.", _sdpa_returns_weights),
     Mistake("keys not transposed", "scores are q @ k^T: use k.transpose(-2, -1).",
@@ -167,6 +187,8 @@ class ScaledDotProductAttention(Exercise):
             Case("key padding mask (2, 1, 5)", qkv(2, tq=5, tk=5, dk=6, dv=3), {"mask": pad}),
             Case("heads (2, 3, 5, 4), causal & padding mask", qkv(2, 3, tq=5, tk=5, dk=4, dv=4),
                  {"mask": (attention_ref.causal_mask(5) & pad)[:, None]}),
+            Case("left padding & causal: padding queries attend to nothing (zeros)",
+                 qkv(2, tq=5, tk=5, dk=4, dv=3), {"mask": _left_padded(g, 2, 5)}),
         ]
         if hidden:
             tail = torch.ones(3, 7, dtype=torch.bool).tril(4)  # 3 new queries after 4 cached keys
@@ -181,6 +203,9 @@ class ScaledDotProductAttention(Exercise):
                      {"mask": tail}),
                 Case("keys broadcast over the batch", (randn(g, 2, 3, 4, 4), randn(g, 1, 3, 5, 4),
                                                        randn(g, 1, 3, 5, 2))),
+                Case("float64 heads, left padding & causal (fully masked rows)",
+                     qkv(3, 2, tq=6, tk=6, dk=8, dv=4, dtype=F64),
+                     {"mask": _left_padded(g, 3, 6)[:, None]}),
             ]
         return cases
 
