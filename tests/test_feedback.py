@@ -321,6 +321,82 @@ def test_kernel_shows_one_verdict_and_no_traceback(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
+# The grader's own verdict (outside the kernel) follows the same rules.
+
+def _graded_verdicts(tmp_path, exercise_ids, functions):
+    import __main__
+
+    from llmcourse.grading import codec
+    from llmcourse.grading.harness import dump
+    from llmcourse.grading.verify import judge, make_cases
+
+    inputs, outputs = str(tmp_path / "inputs.bin"), str(tmp_path / "outputs.bin")
+    expected = codec.loads(make_cases(7, inputs, exercise_ids), cap=2**31)
+    saved = {k: getattr(__main__, k) for k in functions if hasattr(__main__, k)}
+    try:
+        for k, fn in functions.items():
+            setattr(__main__, k, fn)
+        dump(inputs, outputs, {e: get(e).entry for e in exercise_ids}, record_ops=False)
+    finally:
+        for k in functions:
+            delattr(__main__, k)
+        for k, v in saved.items():
+            setattr(__main__, k, v)
+    return judge(expected, outputs, exercise_ids)
+
+
+def test_grader_names_only_a_consistent_mistake(tmp_path):
+    v = _graded_verdicts(tmp_path, ["02.causal_mask"], {
+        "causal_mask": lambda T: torch.ones(T, T, dtype=torch.bool).triu(1)})["02.causal_mask"]
+    assert not v.ok and v.mistake.startswith("True = blocked"), v
+    v = _graded_verdicts(tmp_path, ["02.causal_mask"], {  # wrong from T = 3 on only: no name
+        "causal_mask": lambda T: torch.ones(T, T, dtype=torch.bool).tril() if T < 3 else
+        torch.ones(T, T, dtype=torch.bool).triu()})["02.causal_mask"]
+    assert not v.ok and v.mistake == "", v
+
+
+def test_grader_names_a_failing_dependency(tmp_path):
+    ns = _kd_learner()
+    v = _graded_verdicts(tmp_path, ["06.kd_kl", "06.kd_loss"],
+                         {"distillation_kl": ns["distillation_kl"],
+                          "distillation_loss": ns["distillation_loss"]})
+    assert not v["06.kd_kl"].ok and not v["06.kd_loss"].ok
+    assert "fails 06.kd_kl too: if yours calls your `distillation_kl`, fix that first" in v["06.kd_loss"].message
+
+
+@pytest.mark.slow
+def test_grade_one_notebook_is_one_row_and_missing_ones_one_line(tmp_path):
+    """`llmcourse grade NOTEBOOK` grades that notebook (one row); a chapter folder missing a
+    sibling notebook says "not submitted" once, with no per-cell lines; the feedback folder
+    holds feedback pages only (no copies of the chapter's narrative pages)."""
+    from conftest import filled_student_notebook, grade, save
+
+    nb = save(tmp_path / "alice" / "losses.ipynb", filled_student_notebook("06-distillation", "losses"))
+    proc, rows = grade(nb, tmp_path / "course1", "--timeout", "120")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["notebook"] for r in rows] == ["losses"] and rows[0]["score"] == rows[0]["max_score"]
+    pages = [p.name for p in (tmp_path / "course1" / "feedback").rglob("*") if p.is_file()]
+    assert "losses.html" in pages and all(p.endswith(".html") or p == "timestamp.txt" for p in pages), pages
+    proc, rows = grade(tmp_path / "alice", tmp_path / "course2", "--timeout", "120", "--no-feedback")
+    missing = next(r for r in rows if r["notebook"] == "distill_gpt")
+    notes = [p for p in missing["problems"] if "sandbox" not in p]
+    assert notes == ["distill_gpt.ipynb: not submitted (scored 0)"], missing
+    assert missing["score"] == 0 and not any(c["reason"] for c in missing["cells"]), missing
+
+
+@pytest.mark.slow
+def test_check_command_prints_the_verdicts_and_no_kernel_warnings(tmp_path):
+    from conftest import filled_student_notebook, llmcourse, save
+
+    good = save(tmp_path / "warmup.ipynb", filled_student_notebook("00-getting-started", "warmup"))
+    proc = llmcourse("check", good)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WARNING" not in proc.stderr and "TCP" not in proc.stderr, proc.stderr
+    out = proc.stdout.strip().splitlines()
+    assert len(out) == 4 and out[-1] == "3/3 exercises pass their public checks.", proc.stdout
+
+
+# ---------------------------------------------------------------------------------------
 # Message snapshots: a few representative failures per chapter, reviewed in review.
 
 PER_CHAPTER = 3  # exercises per chapter (the first ones, with their first two mistakes)

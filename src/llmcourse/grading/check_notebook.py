@@ -7,6 +7,8 @@ submitting. (``nbgrader validate`` exits 0 even when tests fail; this exits 1.)
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from .submissions import load_notebook
@@ -22,7 +24,15 @@ def check_notebook(path: Path, timeout: int = 120) -> bool:
     if problem:
         raise ValueError(problem)
     nb = nbformat.reads(json.dumps(data), as_version=4)
-    client = NotebookClient(nb, timeout=timeout, allow_errors=True,
+    # The kernel talks over local IPC sockets in a private folder, not TCP: no "Kernel is
+    # running over TCP without encryption" warning, and nothing listens on a port.
+    from traitlets.config import Config
+
+    sockets = tempfile.TemporaryDirectory(prefix="llmcourse-kernel-")
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = os.path.join(sockets.name, "kernel")
+    client = NotebookClient(nb, timeout=timeout, allow_errors=True, config=config,
                             resources={"metadata": {"path": str(path.resolve().parent)}})
     verdict = nbformat.v4.new_code_cell(
         "from llmcourse import check_all as _ca\n"
@@ -39,6 +49,8 @@ def check_notebook(path: Path, timeout: int = 120) -> bool:
     except DeadKernelError:
         print(f"the kernel died while running cell {index} (out of memory?)")
         return False
+    finally:
+        sockets.cleanup()
     errors = [(i, o) for i, c in enumerate(nb.cells[:-1]) if c.cell_type == "code"
               for o in c.outputs if o.get("output_type") == "error"]
     for i, o in errors:

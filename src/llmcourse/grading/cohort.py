@@ -120,6 +120,10 @@ def grade_job(job: Job, root: str, options: Options, seed: int) -> Result:
         if chapter.options.feedback and graded.success:
             t2 = time.perf_counter()
             fb = chapter.api.generate_feedback(job.assignment, job.student, force=True)
+            pages = course / "feedback" / job.student / job.assignment
+            for extra in (list(pages.rglob("*")) if pages.is_dir() else []):  # feedback pages
+                if extra.is_file() and extra.suffix != ".html" and extra.name != "timestamp.txt":
+                    extra.unlink()  # only: no copies of the chapter's narrative pages (issue 20)
             for row in rows:
                 html = course / "feedback" / job.student / job.assignment / f"{row.notebook}.html"
                 row.feedback = (str(options.course_dir / html.relative_to(course))
@@ -240,6 +244,9 @@ def grade_cohort(path: Path, root: Path, options: Options, assignment: str | Non
         rows = [_row(r) for key in wanted for r in stored.get(key, [])]
     finally:
         store.close()
+    if not Path(path).is_dir():  # one notebook: its row only, not the chapter's (issue 20)
+        names = {n for s in subs for n in s.notebooks}
+        rows = [r for r in rows if r.notebook in names] or rows[:1]
     rows += loose
     if options.unsafe:
         for row in rows:

@@ -239,8 +239,12 @@ def _rows(chapter: Chapter, graded: Graded, log) -> list[Row]:
             if chapter.build is not None and chapter.build.note:
                 row.problems.append(chapter.build.note)
             violations = {}
-            if nb is None:
-                row.problems.append(f"{src.name}.ipynb missing: scored 0")
+            if nb is None:  # one line, not one "the test cell failed" per cell (issue 20)
+                row.problems.append(f"{src.name}.ipynb: not submitted (scored 0)")
+                row.cells = [CellScore(gc.grade_id, 0.0, gc.points) for gc in src.grade_cells.values()]
+                row.max_score = sum(c.max_points for c in row.cells)
+                sub_rows.append(row)
+                continue
             else:
                 row.problems += _run_problems(options, sub.student, assignment, src.name)
                 cells = [(f"cell '{_nbg(c).get('grade_id') or i}'", _text(c))

@@ -43,7 +43,8 @@ def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
     for exid in exercise_ids:
         ex = get(exid)
         in_meta[exid], ex_meta[exid] = [], {"entry": ex.entry, "cases": [],
-                                            "forbid": [[r.target, r.why, list(r.allow)] for r in ex.rules]}
+                                            "forbid": [[r.target, r.why, list(r.allow)] for r in ex.rules],
+                                            "uses": [[d, get(d).entry] for d in getattr(ex, "uses", ())]}
         for ci, case in enumerate(ex.cases(case_seed(seed, exid), True)):
             in_meta[exid].append({"label": case.label,
                                   "args": codec.encode(tuple(case.args), in_arrays, key(exid, ci, "a")),
@@ -171,35 +172,67 @@ def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str
                                                     f"`{op[:80]}` (counts as `{target}`) - {why}")
         except Exception as exc:  # hostile outputs must never stop the batch: fail closed
             verdicts[exid] = Verdict(False, f"malformed outputs ({type(exc).__name__})")
+    for exid in exercise_ids:  # "uses your `f`, which fails NN.id: fix that first"
+        v = verdicts[exid]
+        for dep, entry in ex_meta[exid].get("uses", []):
+            if not v.ok and dep in verdicts and not verdicts[dep].ok:
+                v.message = (f"uses `{entry}`, which fails {dep} too: if yours calls your "
+                             f"`{entry}`, fix that first. {v.message}")
+                break
     return verdicts
 
 
 def _judge_one(exid, cases, ex_arrays, got_cases, got_arrays) -> Verdict:
+    """The first failing hidden case, and the cataloged mistakes that reproduce the learner's
+    outcome on EVERY case (issue 20): one is named, several are listed, none is guessed."""
+    first, outcomes = None, []
     for ci, case in enumerate(cases):
         label = f"hidden case {ci + 1}/{len(cases)} '{case['label']}'"
         if ci >= len(got_cases) or not isinstance(got_cases[ci], dict):
-            return Verdict(False, f"{label}: no output")
+            if first is None:
+                return Verdict(False, f"{label}: no output")
+            break
         got = got_cases[ci]
         if got.get("error") == "not implemented yet":
             return Verdict(False, "not implemented yet")
         if "error" in got:
-            named = [f"{n}: {e}" for _, n, e, m in case["mistakes"] if m == got["error"]]
-            return Verdict(False, f"{label} raised {got['error']}", named[0] if named else "")
+            outcomes.append(str(got["error"]))
+            first = first or (ci, f"{label} raised {got['error']}")
+            continue
         try:
             g_items = output_items(got_arrays, exid, ci, got["items"])
         except (KeyError, TypeError, ValueError):
-            return Verdict(False, f"{label}: malformed output")
+            if first is None:
+                return Verdict(False, f"{label}: malformed output")
+            break
+        outcomes.append(g_items)
         e_items = expected_items(ex_arrays, exid, ci, case["expected"])
         problem = compare(e_items, g_items, case["rtol"], case["atol"])
-        if problem:
-            for mi, name, explain, m_meta in case["mistakes"]:
-                if isinstance(m_meta, str):
-                    continue
-                m_items = mistake_items(ex_arrays, exid, ci, mi, m_meta)
-                if compare(m_items, g_items, case["rtol"], case["atol"]) is None:
-                    return Verdict(False, f"{label}: {problem}", f"{name}: {explain}")
-            return Verdict(False, f"{label}: {problem}")
-    return Verdict(True)
+        if problem and first is None:
+            first = (ci, f"{label}: {problem}")
+    if first is None:
+        return Verdict(True)
+    return Verdict(False, first[1], _named(exid, cases, ex_arrays, outcomes, first[0]))
+
+
+def _named(exid, cases, ex_arrays, outcomes, first) -> str:
+    def fits(ci, mi, m_meta) -> bool:
+        got = outcomes[ci]
+        if isinstance(m_meta, str) or isinstance(got, str):
+            return m_meta == got
+        items = mistake_items(ex_arrays, exid, ci, mi, m_meta)
+        return compare(items, got, cases[ci]["rtol"], cases[ci]["atol"]) is None
+
+    alive = {mi: (name, explain) for mi, name, explain, _ in cases[first]["mistakes"]}
+    for ci in [first] + [c for c in range(len(outcomes)) if c != first]:
+        metas = {mi: m_meta for mi, _, _, m_meta in cases[ci]["mistakes"]}
+        alive = {mi: v for mi, v in alive.items() if mi in metas and fits(ci, mi, metas[mi])}
+        if not alive:
+            return ""
+    found = list(alive.values())
+    if len(found) == 1:
+        return f"{found[0][0]}: {found[0][1]}"
+    return "consistent with: " + ", or ".join(f"{n} ({e})" for n, e in found)
 
 
 def entries_and_rules(expected: tuple[dict, dict]) -> dict[str, tuple[str, list]]:
