@@ -324,7 +324,7 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
                     settle(job, result)
                     stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
             return
-        dask = not hasattr(pool, "shutdown") or engine.dask or engine.scheduler
+        dask = bool(engine.dask or engine.scheduler)
         while queue or pending:
             while queue and len(pending) < 2 * n:  # a small lead, so claims stay fresh
                 job = queue.pop(0)
@@ -353,14 +353,13 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
             bar.close()
         if pool is None:
             forget_chapters()
+        elif engine.dask or engine.scheduler:  # a dask.distributed Client
+            cluster = getattr(pool, "cluster", None)
+            pool.close()
+            if cluster is not None and not engine.scheduler:
+                cluster.close()
         else:
-            if hasattr(pool, "shutdown"):
-                pool.shutdown(wait=True, cancel_futures=True)
-            else:
-                cluster = getattr(pool, "cluster", None)
-                pool.close()
-                if cluster is not None and not engine.scheduler:
-                    cluster.close()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _wait(pool, pending, dask, wait, first):
