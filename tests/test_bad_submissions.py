@@ -319,7 +319,10 @@ def test_hostile_learners_gain_nothing(batch):
     assert "reached at run time: `aten::_softmax`" in hidden["test_softmax"]["reason"], hidden
     assert hidden["test_log_softmax"]["points"] == 0
     assert "made at run time" in hidden["test_log_softmax"]["reason"], hidden
-    assert hidden["test_cross_entropy"]["points"] == 2  # the honest part keeps its points
+    # cross_entropy is written honestly but calls the learner's log_softmax, so as run it
+    # reaches PyTorch's log-softmax too (forbidden there as well): no points, and it says why.
+    assert hidden["test_cross_entropy"]["points"] == 0
+    assert "log_softmax" in hidden["test_cross_entropy"]["reason"], hidden
 
 
 def test_hostile_files_are_one_line_each(batch):
