@@ -112,6 +112,11 @@ def test_every_cataloged_mistake_loses_points_and_is_named(chapter):
             assert row["score"] < row["max_score"], f"{student}: {mistake} kept full marks"
             cell = next(c for c in row["cells"] if c["grade_id"] == grade_id)
             assert cell["points"] == 0, f"{student}: {mistake} kept the cell's points"
+            # A catalog implementation that itself calls a forbidden built-in (e.g. 04's "no
+            # shift" uses F.cross_entropy) is stopped by the run-time operator record before any
+            # diagnosis; test_catalogs proves in-process that every such mistake is named.
+            if "forbidden shortcut reached at run time" in cell["reason"]:
+                continue
             assert mistake in cell["reason"], f"{student}: diagnosis {mistake!r} not in {cell['reason']!r}"
 
 
