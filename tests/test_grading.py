@@ -164,12 +164,14 @@ def test_chapters_are_exactly_what_release_makes(tmp_path):
     same(cmp)
 
 
-def test_student_notebooks_start_with_setup_and_hold_no_answers():
+def test_student_notebooks_run_setup_first_and_hold_no_answers():
     for chapter in CHAPTERS:
         for path in (ROOT / "chapters" / chapter).glob("*.ipynb"):
             nb = load(path)
-            first = nb["cells"][0]
-            assert first["cell_type"] == "code" and "find_spec(\"llmcourse\")" in first["source"]
+            # the setup cell is the first code cell: right after the title, before any code
+            first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+            assert "find_spec(\"llmcourse\")" in first["source"], path
+            assert nb["cells"].index(first) <= 1 and nb["cells"][0]["cell_type"] in ("code", "markdown")
             assert "torch==" in first["source"]  # keeps the installed torch
             text = path.read_text()
             assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text

@@ -44,8 +44,11 @@ def _get(url: str, token: str, timeout: float = 30):
 def lab(tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path_factory.mktemp("lab") / "lab.log"
+    # checkpoints go to a scratch folder: opening a page must not write into chapters/
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
     args = (f"--no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port={port} "
-            f"--ServerApp.port_retries=0 --IdentityProvider.token={token}"
+            f"--ServerApp.port_retries=0 --IdentityProvider.token={token} "
+            f"--FileCheckpoints.checkpoint_dir={checkpoints}"
             + (" --allow-root" if os.geteuid() == 0 else ""))  # CI containers run as root
     # -o: the venv counts as up to date (a test must not reinstall it)
     with open(log, "w") as out:
@@ -116,3 +119,5 @@ def test_reading_page_opens_as_a_notebook(lab):
 
     kinds = asyncio.run(open_page())
     assert "code" in kinds and "other" in kinds, f"{READING_PAGE} did not open as a notebook: {kinds}"
+    stray = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "chapters").rglob(".ipynb_checkpoints"))
+    assert not stray, f"opening a page wrote checkpoints into the tree: {stray}"
