@@ -78,6 +78,40 @@ def measure_flops(model: nn.Module, idx: torch.Tensor, backward: bool = True) ->
 
 
 # ---------------------------------------------------------------------------------------
+# Encoders: BERT and ALBERT (Hugging Face's BertModel / AlbertModel, pooler included)
+
+def _encoder_layer_params(H: int, I: int) -> int:
+    """One post-LN encoder layer of width H and FFN width I: Q, K, V and the output
+    projection (4 H^2 + 4 H), two LayerNorms (4 H), the FFN H -> I -> H (2 H I + I + H)."""
+    return 4 * H * H + 4 * H + 4 * H + 2 * H * I + I + H
+
+
+def bert_param_count(config: dict) -> int:
+    """Parameters of ``transformers.BertModel(BertConfig(**config))`` with its pooler:
+    embeddings (V + P + T_type) H + LayerNorm 2 H, L layers, pooler H^2 + H."""
+    V, H, L, I = (config[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                      "intermediate_size"))
+    P, T = config.get("max_position_embeddings", 512), config.get("type_vocab_size", 2)
+    return int((V + P + T) * H + 2 * H + L * _encoder_layer_params(H, I) + H * H + H)
+
+
+def albert_param_count(config: dict) -> int:
+    """Parameters of ``transformers.AlbertModel(AlbertConfig(**config))`` with its pooler.
+
+    Factorised embedding (词嵌入因式分解): the tables have width E (``embedding_size``),
+    (V + P + T_type) E + LayerNorm 2 E, then one projection E -> H (E H + H) instead of
+    V H. Cross-layer sharing (跨层参数共享): the ``num_hidden_layers`` layers reuse
+    ``num_hidden_groups`` groups of ``inner_group_num`` layers each, so only
+    G x inner distinct layers are stored, however deep the network runs. Pooler H^2 + H."""
+    V, E, H, I = (config[k] for k in ("vocab_size", "embedding_size", "hidden_size",
+                                      "intermediate_size"))
+    P, T = config.get("max_position_embeddings", 512), config.get("type_vocab_size", 2)
+    stored = config.get("num_hidden_groups", 1) * config.get("inner_group_num", 1)
+    embeddings = (V + P + T) * E + 2 * E
+    return int(embeddings + E * H + H + stored * _encoder_layer_params(H, I) + H * H + H)
+
+
+# ---------------------------------------------------------------------------------------
 # Power laws
 
 def power_law(N, E: float, A: float, alpha: float):
