@@ -136,6 +136,53 @@ def test_killed_batch_resumes_with_only_the_missing_learners(tmp_path, clean):
     assert "<svg" in (tmp_path / "r.html").read_text()
 
 
+# ---------------------------------------------------------------------- a worker that dies
+def _killing(cmd, kill: str, timeout=600):
+    """Run ``cmd`` with the grader-side fault hook: workers grading ``kill`` SIGKILL themselves."""
+    from llmcourse.grading.cohort import KILL_ENV
+
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, KILL_ENV: kill})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _survived(tmp_path, clean, proc):
+    """ada (killed once, graded again) as in the clean run; bo (killed twice) 0 and one line."""
+    from llmcourse.grading.cohort import WORKER_DIED
+
+    rows = {r["student"]: r for r in json.loads((tmp_path / "rows.json").read_text())}
+    assert set(rows) == set(LEARNERS)
+    assert _scores([rows["ada"]]) == {"ada": _scores(clean[0])["ada"]} and not rows["ada"]["problems"]
+    assert rows["bo"]["score"] == 0 and rows["bo"]["problems"] == [WORKER_DIED]
+    csv = (tmp_path / "g.csv").read_text()
+    assert f"ada,{CH},{NB},6,6" in csv and f"bo,{CH},{NB},0,6" in csv
+    db = tmp_path / "course" / "gradebook.db"
+    assert [g for g in _grades(db) if g[0] == "ada"] == [g for g in clean[1] if g[0] == "ada"]
+    return db
+
+
+@pytest.mark.slow
+def test_a_dead_pool_worker_costs_one_learner_not_the_batch(tmp_path, clean):
+    subs, course = _batch(tmp_path / "subs"), tmp_path / "course"
+    out = ("--json", str(tmp_path / "rows.json"), "--csv", str(tmp_path / "g.csv"))
+    proc = _killing(_cmd(subs, course, "--jobs", "2", *out), "ada:once,bo")
+    assert "a grading worker died" in proc.stderr
+    db = _survived(tmp_path, clean, proc)
+    again = _run(_cmd(subs, course, "--jobs", "2", *out))  # the rerun grades only the dead one
+    assert _said(again.stderr, "kept") == {"ada"} and _said(again.stderr, "graded") == {"bo"}
+    assert _scores(json.loads((tmp_path / "rows.json").read_text())) == _scores(clean[0])
+    assert _grades(db) == clean[1]
+
+
+@pytest.mark.slow
+def test_a_dead_dask_worker_costs_one_learner_not_the_batch(tmp_path, clean):
+    pytest.importorskip("distributed")
+    subs, course = _batch(tmp_path / "subs"), tmp_path / "course"
+    out = ("--json", str(tmp_path / "rows.json"), "--csv", str(tmp_path / "g.csv"))
+    _survived(tmp_path, clean, _killing(_cmd(subs, course, "--dask", "--jobs", "2", *out), "ada:once,bo"))
+
+
 # ------------------------------------------------------------------------- real PostgreSQL
 def _pg_bin() -> Path | None:
     for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):

@@ -8,6 +8,13 @@ the rows, the grades and comments nbgrader and the verification settled, and the
 (submitted, autograded, feedback). Only the coordinator writes the real gradebook
 (:mod:`.store`), one transaction per learner as each result arrives, so a killed batch loses
 at most the learners that were running, and a rerun grades only what is missing.
+
+A worker that dies (the out-of-memory killer, SIGKILL) costs one learner, not the batch: the
+pool is started again, the hand-ins that were in flight are graded again one at a time, and
+one that kills its worker a second time gets 0 and the line :data:`WORKER_DIED`. On Dask the
+embedded cluster retries a task once (``allowed-failures: 1``) and the nanny restarts the worker.
+Test hook (grader side, never the learner's code): ``LLMCOURSE_TEST_KILL_WORKER=bo,cy:once``
+makes a worker process SIGKILL itself when it grades ``bo`` (``cy``: the first time only).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class Job:
     digest: str
     sub: object  # submissions.Submission (picklable)
     force: bool = False  # --regrade: grade it even if a record of this hand-in exists
+    tries: int = 0  # how many times a worker died while grading it
 
 
 @dataclass
@@ -55,6 +63,12 @@ def job_digest(sub, source_digest: str, options: Options) -> str:
                          options.cell_timeout, options.notebook_timeout, options.memory,
                          options.unsafe, options.feedback], sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+WORKER_DIED = ("grader error: the grading worker died while grading this hand-in, twice "
+               "(out of memory, or killed by a signal); the rest of the batch was graded, and a "
+               "rerun grades it again")
+KILL_ENV = "LLMCOURSE_TEST_KILL_WORKER"
 
 
 # ---------------------------------------------------------------------------------- worker
@@ -108,6 +122,7 @@ def grade_job(job: Job, root: str, options: Options, seed: int) -> Result:
         line = f"grader error: {exception_line(exc)}"
         return Result(job.student, job.assignment, job.digest, _error_rows(job, root_p, line), None,
                       worker=worker)
+    _test_kill(job, options)
     course = chapter.options.course_dir
     try:
         t0 = time.perf_counter()
@@ -155,6 +170,21 @@ def grade_job(job: Job, root: str, options: Options, seed: int) -> Result:
                   files, phases, worker)
 
 
+def _test_kill(job: Job, options: Options) -> None:
+    """The fault-injection hook of :data:`KILL_ENV`; only ever in a worker process."""
+    import multiprocessing
+
+    wanted = dict((w.split(":") + [""])[:2] for w in os.environ.get(KILL_ENV, "").split(",") if w)
+    if job.student not in wanted or multiprocessing.parent_process() is None:
+        return
+    if wanted[job.student] == "once":
+        mark = Path(options.course_dir) / f".killed-{job.student}"
+        if mark.exists():
+            return
+        mark.touch()
+    os.kill(os.getpid(), 9)
+
+
 def _error_rows(job, root, line):
     from .submissions import SourceIndex
 
@@ -180,8 +210,13 @@ class Engine:
 
             if self.scheduler:
                 return Client(self.scheduler), n
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+            import dask
+
+            # one task per worker, and a task whose worker died is retried once, then fails
+            with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                                  "distributed.scheduler.worker-saturation": 1.0}):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=50)
             return Client(cluster), n
         if n == 1:
             return None, 1  # one at a time: in this process, no pool to start
@@ -282,6 +317,7 @@ def _register(store: Store, root: Path, options: Options, assignment: str, last_
 
 def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None:
     from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     if not todo:
         return
@@ -315,6 +351,28 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
             return False
         return True
 
+    def collect(done, suspects) -> bool:
+        """Settle finished futures; True if the pool broke (its jobs go to ``suspects``)."""
+        broken = False
+        for fut in done:
+            job = pending.pop(fut)
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                broken, job.tries = True, job.tries + 1
+                if job.tries < 2:
+                    suspects.append(job)
+                    continue
+                result = _failed(job, root, WORKER_DIED)
+            except Exception as exc:  # noqa: BLE001 - Dask: KilledWorker after its retry
+                line = (WORKER_DIED if type(exc).__name__ == "KilledWorker"
+                        else f"grader error: {exception_line(exc)}")
+                result = _failed(job, root, line)
+            w = time.perf_counter()
+            settle(job, result)
+            stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
+        return broken
+
     try:
         if pool is None:
             for job in queue:
@@ -325,28 +383,39 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
                     stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
             return
         dask = bool(engine.dask or engine.scheduler)
-        while queue or pending:
-            while queue and len(pending) < 2 * n:  # a small lead, so claims stay fresh
-                job = queue.pop(0)
-                if claim(job):
-                    fut = (pool.submit(grade_job, job, str(root), options, seed, pure=False) if dask
-                           else pool.submit(grade_job, job, str(root), options, seed))
-                    pending[fut] = job
+        ready: list[Job] = []  # claimed, not running yet
+        suspects: list[Job] = []  # in flight when a worker died: graded again, one at a time
+
+        def submit(job, back: list) -> bool:
+            try:
+                pending[pool.submit(grade_job, job, str(root), options, seed, **(
+                    {"pure": False} if dask else {}))] = job
+                return True
+            except BrokenProcessPool:  # it broke since the last wait: the job goes back
+                back.insert(0, job)
+                return False
+
+        while queue or ready or pending or suspects:
+            broken = False
+            if suspects:
+                if not pending:
+                    broken = not submit(suspects.pop(0), suspects)
+            else:
+                while (ready or queue) and len(pending) < 2 * n and not broken:  # a small lead
+                    if ready or claim(queue[0]):
+                        broken = not submit((ready or queue).pop(0), ready)
+                    else:
+                        queue.pop(0)
             if bar:
                 bar.update(stats, len(pending))
-            if not pending:
-                continue
-            done = _wait(pool, pending, dask, wait, FIRST_COMPLETED)
-            for fut in done:
-                job = pending.pop(fut)
-                try:
-                    result = fut.result()
-                except Exception as exc:  # the worker itself died: the learner is not lost
-                    result = Result(job.student, job.assignment, "failed:" + job.digest[:50],
-                                    _error_rows(job, root, f"grader error: {exception_line(exc)}"), None)
-                w = time.perf_counter()
-                settle(job, result)
-                stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
+            if pending and not broken:
+                broken = collect(_wait(pool, pending, dask, wait, FIRST_COMPLETED), suspects)
+            if broken:  # the other futures of a broken pool fail at once: settle them, start anew
+                collect(wait(list(pending)).done, suspects)
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool, _ = engine.start(n)
+                log(f"a grading worker died; started the pool again; grading "
+                    f"{', '.join(j.student for j in suspects) or 'the rest'} again, one at a time")
     finally:
         stats["seconds"] = time.perf_counter() - t0
         if bar:
@@ -360,6 +429,11 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
                 cluster.close()
         else:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _failed(job, root, line) -> Result:
+    """0 and one line; the digest differs from the hand-in's, so a rerun grades it again."""
+    return Result(job.student, job.assignment, "failed:" + job.digest[:50], _error_rows(job, root, line), None)
 
 
 def _wait(pool, pending, dask, wait, first):
