@@ -13,7 +13,7 @@ import torch
 
 from ...reference import optim as optim_ref
 from ...reference import training as training_ref
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake, Rule
 from ..kit import F32, F64, generator, randn
 
@@ -114,24 +114,7 @@ class AdamWExercise(Exercise):
     def reference(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         return optim_ref.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
-    def call(self, fn, case):
-        kw = case.kwargs
-        X, Y = kw["X"], kw["Y"]
-        W = kw["W"].clone().requires_grad_()
-        b = kw["b"].clone().requires_grad_()
-        frozen = [kw["unused"].clone().requires_grad_()] if "unused" in kw else []
-        if "bias_group" in kw:
-            groups = [{"params": [W] + frozen}, {"params": [b], **kw["bias_group"]}]
-        else:
-            groups = [{"params": [W, b] + frozen}]
-        opt = fn(groups, **kw["hyper"])
-        for _ in range(kw["steps"]):
-            for p in [W, b] + frozen:
-                p.grad = None
-            loss = ((torch.tanh(X @ W + b) - Y) ** 2).mean()
-            loss.backward()
-            opt.step()
-        return [p.detach() for p in [W, b] + frozen]
+    call = calls.optimizer_steps
 
     def cases(self, seed, hidden):
         g = generator(seed)
@@ -294,10 +277,7 @@ class CosineLR(Exercise):
     def reference(self, step, max_lr, warmup_steps, total_steps, min_lr=0.0):
         return training_ref.cosine_lr(step, max_lr, warmup_steps, total_steps, min_lr)
 
-    def call(self, fn, case):
-        kw = dict(case.kwargs)
-        n = kw.pop("n_steps")
-        return torch.tensor([float(fn(s, **kw)) for s in range(n)], dtype=F64)
+    call = calls.schedule
 
     def cases(self, seed, hidden):
         def c(label, max_lr, warm, total, min_lr, extra=10):
