@@ -1,5 +1,6 @@
 """counting.ipynb: the GPT's exact parameter count, training FLOPs (6ND and the exact
-count), and the Chinchilla compute-optimal allocation. Integer answers must be exact.
+count), the Chinchilla compute-optimal allocation, and ALBERT's parameter count (factorised
+embedding, cross-layer sharing). Integer answers must be exact.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 from ...reference import scaling as scaling_ref
 from .. import register
 from ..core import Case, Exercise, Mistake, Rule
-from ..kit import F64, generator
+from ..kit import F64, generator, knob
 
 # The notebooks train with the course's trainer and GPT: those two reference modules may
 # be imported; every other part of the reference stays off limits.
@@ -216,5 +217,97 @@ class ChinchillaOptimal(Exercise):
                 Case("random constants", (float(10 ** (19 + 5 * u[0])),),
                      dict(A=float(100 + 900 * u[1]), B=float(100 + 2000 * u[2]),
                           alpha=float(0.2 + 0.3 * u[3]), beta=0.3), rtol=1e-9, atol=0.0),
+            ]
+        return cases
+
+
+# ---------------------------------------------------------------------------------------
+# 07.albert_param_count
+
+def _albert(config, *, shared=True, inner=True, projection=True, proj_bias=True, factorised=True,
+            emb_ln=True, pos_type=True, pooler=True):
+    """ALBERT's count with one knob turned (each knob is one cataloged mistake)."""
+    V, E, H, I, L = (config[k] for k in ("vocab_size", "embedding_size", "hidden_size",
+                                         "intermediate_size", "num_hidden_layers"))
+    P, T = config["max_position_embeddings"], config["type_vocab_size"]
+    G, inner_n = config["num_hidden_groups"], config["inner_group_num"]
+    width = E if factorised else H
+    n = V * width + (P + T) * width * pos_type + 2 * width * emb_ln
+    if factorised and projection:
+        n += E * H + H * proj_bias
+    stored = (G * (inner_n if inner else 1)) if shared else L
+    n += stored * (4 * H * H + 4 * H + 4 * H + 2 * H * I + I + H)
+    return int(n + (H * H + H) * pooler)
+
+
+def albert_config(V=30000, E=128, H=768, L=12, heads=12, I=3072, P=512, T=2, G=1, inner=1):
+    """An ALBERT config as a plain dict with Hugging Face's AlbertConfig keys."""
+    return dict(vocab_size=V, embedding_size=E, hidden_size=H, num_hidden_layers=L,
+                num_attention_heads=heads, intermediate_size=I, max_position_embeddings=P,
+                type_vocab_size=T, num_hidden_groups=G, inner_group_num=inner)
+
+
+@register
+class AlbertParamCount(Exercise):
+    """ALBERT's parameter count: factorised embedding and cross-layer sharing."""
+    id = "07.albert_param_count"
+    entry = "albert_param_count"
+    allow_reference = TRAINER
+    forbid = (
+        Rule("transformers", "count from the formula: Hugging Face's AlbertModel is what your "
+             "count is checked against"),
+        Rule(".numel", "count from the formula instead of building a model"),
+        Rule(".parameters", "count from the formula instead of iterating over a model's parameters"),
+    )
+    mistakes = (
+        Mistake("shared layers counted L times", "ALBERT stores num_hidden_groups x "
+                "inner_group_num layers and runs them num_hidden_layers times: a shared layer "
+                "is stored once.", knob(_albert, shared=False)),
+        Mistake("inner_group_num ignored", "each of the num_hidden_groups groups holds "
+                "inner_group_num distinct layers.", knob(_albert, inner=False)),
+        Mistake("E -> H projection forgotten", "the embeddings have width E: "
+                "embedding_hidden_mapping_in (E x H weight and H bias) lifts them to H.",
+                knob(_albert, projection=False)),
+        Mistake("bias of the E -> H projection forgotten", "embedding_hidden_mapping_in is an "
+                "nn.Linear(E, H) with a bias: E H + H.", knob(_albert, proj_bias=False)),
+        Mistake("V x H embedding (no factorisation)", "the point of the factorisation: the "
+                "tables are V x E (and P x E, T x E), then one E x H projection, instead of V x H.",
+                knob(_albert, factorised=False)),
+        Mistake("embedding LayerNorm forgotten", "the embeddings' LayerNorm has a weight and a "
+                "bias of width E: 2 E.", knob(_albert, emb_ln=False)),
+        Mistake("position and token-type embeddings forgotten", "besides the V x E token table "
+                "ALBERT (like BERT) learns a P x E position table and a T x E token-type table.",
+                knob(_albert, pos_type=False)),
+        Mistake("pooler forgotten", "AlbertModel ends with a pooler, nn.Linear(H, H) on the "
+                "[CLS] vector: H^2 + H.", knob(_albert, pooler=False)),
+    )
+
+    def reference(self, config):
+        return scaling_ref.albert_param_count(config)
+
+    def cases(self, seed, hidden):
+        def case(label, cfg):
+            return Case(label, (cfg,), **EXACT)
+
+        cases = [
+            case("ALBERT-base (E = 128, H = 768, 12 layers, one shared layer)", albert_config()),
+            case("4 groups of 2 layers shared by 12 (V = 500, E = 32, H = 64)",
+                 albert_config(V=500, E=32, H=64, L=12, heads=4, I=256, P=128, T=2, G=4, inner=2)),
+            case("E = H, 3 groups of 1 (V = 300, H = 48, 6 layers)",
+                 albert_config(V=300, E=48, H=48, L=6, heads=4, I=96, P=64, T=3, G=3)),
+        ]
+        if hidden:
+            g = generator(seed)
+            r = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
+            H = 16 * r(1, 9)
+            L = r(2, 9)
+            cases += [
+                case("ALBERT-large", albert_config(H=1024, L=24, heads=16, I=4096)),
+                case("ALBERT-xxlarge", albert_config(H=4096, L=12, heads=64, I=16384)),
+                case("random small config", albert_config(V=r(50, 400), E=8 * r(1, 9), H=H, L=L,
+                                                          heads=2, I=H * r(1, 5), P=r(8, 80),
+                                                          T=r(1, 4), G=1, inner=r(1, 3))),
+                case("no sharing: one group per layer", albert_config(V=120, E=16, H=32, L=4, heads=2,
+                                                                      I=64, P=32, T=2, G=4)),
             ]
         return cases
