@@ -17,6 +17,7 @@ Any string without lone surrogates round-trips: ``decode(encode(s, m), m) == s``
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import itertools
 import json
@@ -93,8 +94,20 @@ def train(text: str, num_merges: int, special_tokens=()) -> list[Pair]:
 
     Counts pairs once, then after each merge updates only the chunks that contained the
     merged pair, and only by the net change of each pair; a heap with lazy deletion finds
-    the most frequent pair.
+    the most frequent pair. Python's cyclic garbage collector is paused meanwhile: the loop
+    makes millions of small lists and tuples but no reference cycles, and the collector's
+    passes over them cost about 15% of the time (``make bench``, section 9).
     """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _train(text, num_merges, special_tokens)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _train(text: str, num_merges: int, special_tokens) -> list[Pair]:
     chunk_counts = _chunk_counts(text, special_tokens)
     words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
     freqs = list(chunk_counts.values())
