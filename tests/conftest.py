@@ -39,6 +39,22 @@ def sandbox_available() -> tuple[bool, str]:
     return probe()
 
 
+def run_gloo(launch, *args):
+    """``launch(*args)``: a reference's launcher of real gloo processes over loopback (ch07, ch08);
+    skips where torch.distributed, gloo or loopback sockets are unavailable."""
+    import torch
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    try:
+        return launch(*args)
+    except Exception as exc:  # noqa: BLE001
+        text = str(exc)
+        if any(s in text for s in ("interface", "socket", "Connection", "gloo", "Address")):
+            pytest.skip(f"gloo cannot use localhost here: {text.splitlines()[-1][:200]}")
+        raise
+
+
 def grade(path: Path, course_dir: Path, *extra: str,
           timeout: float = 900) -> tuple[subprocess.CompletedProcess, list[dict]]:
     out = course_dir.parent / f"{course_dir.name}-result.json"

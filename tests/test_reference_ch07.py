@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_gloo
 from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
@@ -172,15 +173,7 @@ def test_megatron_mlp_needs_one_sum():
 
 def test_two_process_gloo_equivalence():
     """The real thing: two processes, gloo over loopback. Skips where sockets are unavailable."""
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    try:
-        results = parallel_ref.run_local(2)
-    except Exception as exc:  # noqa: BLE001
-        text = str(exc)
-        if any(s in text for s in ("interface", "socket", "Connection", "gloo", "Address")):
-            pytest.skip(f"gloo cannot use localhost here: {text.splitlines()[-1][:200]}")
-        raise
+    results = run_gloo(parallel_ref.run_local, 2)
     assert [r["rank"] for r in results] == [0, 1]
     for r in results:
         for key in ("data_parallel_max_err", "accumulation_max_err", "column_parallel_max_err",

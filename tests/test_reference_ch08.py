@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import run_gloo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -268,15 +269,7 @@ def test_simulated_expert_parallel_equals_dense():
 
 def test_two_process_gloo_expert_parallel():
     """The real thing: two processes, gloo, all_to_all_single. Skips where sockets are unavailable."""
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    try:
-        results = M.run_expert_parallel_local(2)
-    except Exception as exc:  # noqa: BLE001
-        text = str(exc)
-        if any(s in text for s in ("interface", "socket", "Connection", "gloo", "Address")):
-            pytest.skip(f"gloo cannot use localhost here: {text.splitlines()[-1][:200]}")
-        raise
+    results = run_gloo(M.run_expert_parallel_local, 2)
     assert [r["rank"] for r in results] == [0, 1]
     assert all(r["max_err"] < 1e-12 for r in results)
 
