@@ -11,7 +11,7 @@ import torch
 
 from ...data import corpus
 from ...reference import bpe as ref_bpe
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake, Rule
 from ..kit import generator
 
@@ -23,24 +23,10 @@ NO_TOKENIZER_LIBRARIES = tuple(
 
 # -- BPE -----------------------------------------------------------------------------------
 
-def _as_tensor(out, pairs=False):
-    """list/tuple outputs -> int64 tensor ((m, 2) for merges); anything else unchanged."""
-    if isinstance(out, (list, tuple)):
-        try:
-            t = torch.tensor(out, dtype=torch.int64)
-        except (TypeError, ValueError, RuntimeError, OverflowError):
-            return out
-        return t.reshape(0, 2) if pairs and t.numel() == 0 else t
-    if isinstance(out, str):
-        return torch.tensor([ord(ch) for ch in out], dtype=torch.int64)
-    return out
-
-
 class _ListExercise(Exercise):
     """Learners return Python lists (or str); compare them as int64 tensors."""
 
-    def call(self, fn, case):
-        return _as_tensor(fn(*case.args, **case.kwargs), pairs=self.entry == "bpe_train")
+    call = calls.bpe_lists
 
 
 def _merge_overlapping(ids, pair, new_id):
@@ -321,11 +307,7 @@ def _as_given(specials):
 class _PiecesExercise(Exercise):
     """A list of strings, compared piece by piece as code points (length first)."""
 
-    def call(self, fn, case):
-        out = fn(*case.args, **case.kwargs)
-        if isinstance(out, (list, tuple)) and all(isinstance(p, str) for p in out):
-            return [torch.tensor([ord(ch) for ch in p], dtype=torch.int64) for p in out]
-        return out
+    call = calls.bpe_pieces
 
 
 _EOT, _EOT2, _IM = "<|endoftext|>", "<|endoftext|><|endoftext|>", "<|im_start|>"

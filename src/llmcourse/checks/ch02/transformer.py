@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ...reference import attention as attention_ref
 from ...reference import gpt as gpt_ref
 from ...reference import transformer as transformer_ref
-from .. import register
+from .. import calls, register
 from ..core import Mistake, Rule
 from ..kit import F32, F64, ModuleExercise, generator, randn
 from .multihead import _heads_view, _unheads_view
@@ -214,8 +214,7 @@ class GPTExercise(ModuleExercise):
                 _wrong_gpt(scale=1.0)),
     )
 
-    def build(self, cls, init):
-        return cls(gpt_ref.GPTConfig(**init))
+    build = calls.gpt_build
 
     def cases(self, seed, hidden):
         g = generator(seed)

@@ -14,7 +14,7 @@ import math
 import torch
 
 from ...reference import flash as ref
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake, Rule
 from ..kit import F32, F64, generator, knob, randn
 
@@ -265,12 +265,7 @@ class FlashAttentionFunction(Exercise):
 
     reference = _Reference  # a class: ``self.reference`` is the Function itself
 
-    def call(self, fn, case):
-        q, k, v, grad_out = (t.detach().clone().requires_grad_(i < 3) for i, t in enumerate(case.args))
-        apply = getattr(fn, "apply", fn)  # a stub function raises NotImplementedError itself
-        out = apply(q, k, v, case.kwargs.get("causal", False))
-        dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
-        return out.detach(), dq, dk, dv
+    call = calls.autograd_function
 
     def cases(self, seed, hidden):
         g = generator(seed)

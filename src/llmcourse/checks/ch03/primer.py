@@ -9,15 +9,12 @@ reproduces the run or it does not.
 from __future__ import annotations
 
 import copy
-import random
 
-import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ...reference import checkpointing as ck_ref
 from ...reference import primer as ref
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake
 from ..kit import F32, F64, generator, knob, randn
 
@@ -121,48 +118,7 @@ class CausalDepthwiseConv(Exercise):
 # ---------------------------------------------------------------------------------------
 # 03.checkpoint
 
-def _model(seed: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.25), nn.GELU(), nn.Linear(16, 1))
-
-
-def _train_with_resume(ck, seed: int, steps: int, resume_at: int):
-    """Train; at ``resume_at`` save, keep training 3 more steps (moving the weights and the
-    RNG), then restore into a FRESH model and optimizer and continue to ``steps``. Returns the
-    losses of every step that counts and the final weights, flattened."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    model = _model(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    losses, step = [], 0
-    saved = False
-    while step < steps:
-        if step == resume_at and not saved:
-            saved = True
-            state = ck.save(model, opt, step)
-            for _ in range(3):
-                opt.zero_grad()
-                model(torch.randn(4, 6)).square().mean().backward()
-                opt.step()
-                random.random()
-            model, opt = _model(seed + 1), None
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-            step = ck.load(state, model, opt)
-        for group in opt.param_groups:
-            group["lr"] = 1e-2 * (1.0 - step / steps)  # the schedule depends on the step
-        x = torch.randn(8, 6)
-        y = x.sum(-1, keepdim=True) * (1.0 + 0.1 * random.random())
-        loss = F.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        step += 1
-        if step > 2 * steps:
-            break  # a load() that keeps returning an early step must not loop forever
-    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-    return torch.tensor(losses, dtype=F64), weights
+_train_with_resume = calls.train_with_resume
 
 
 class _Ref:
@@ -217,15 +173,7 @@ class CheckpointExercise(Exercise):
                 "(copy.deepcopy, or torch.save to a file).", _wrong(copy_tensors=False)),
     )
 
-    def call(self, fn, case):
-        if not hasattr(fn, "save"):
-            fn()  # a stub function: raises NotImplementedError
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):  # the learner's own random state is left alone
-            try:
-                return _train_with_resume(fn, *case.args)
-            finally:
-                random.setstate(state)
+    call = calls.checkpoint_resume
 
     def cases(self, seed, hidden):
         exact = dict(rtol=0.0, atol=0.0)

@@ -16,7 +16,7 @@ import torch
 
 from ...reference import search as ref
 from ...reference.modern import swiglu_hidden
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake
 from ..kit import generator, knob
 
@@ -28,16 +28,10 @@ SMALL_SPACE = {"activation": ["relu", "sq_relu"], "width": [16, 32, 48, 64],
                "dconv": [False, True]}
 
 
-def _indices(arch: dict, space: dict) -> torch.Tensor:
-    return torch.tensor([list(space[k]).index(arch[k]) for k in space], dtype=torch.long)
-
-
 class _Seeded(Exercise):
     """The last positional argument of a case is a seed: the call passes random.Random(seed)."""
 
-    def rng_call(self, fn, case):
-        *args, seed = case.args
-        return fn(*args, random.Random(seed), **case.kwargs)
+    call = calls.python_rng
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,10 +64,7 @@ class Mutate(_Seeded):
     def reference(self, arch, space, rng):
         return ref.mutate(arch, space, rng)
 
-    def call(self, fn, case):
-        arch, space = case.args[0], case.args[1]
-        child = self.rng_call(fn, case)
-        return _indices(child, space), _indices(arch, space)
+    call = calls.mutate
 
     def cases(self, seed, hidden):
         r = random.Random(seed)
@@ -121,9 +112,6 @@ class TournamentSelect(_Seeded):
 
     def reference(self, scores, sample_size, rng):
         return ref.tournament_select(scores, sample_size, rng)
-
-    def call(self, fn, case):
-        return self.rng_call(fn, case)
 
     def cases(self, seed, hidden):
         g = generator(seed)

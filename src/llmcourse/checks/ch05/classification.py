@@ -14,9 +14,9 @@ from torch import nn
 
 from ...reference import finetuning as finetuning_ref
 from ...reference import lora as lora_ref
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake, Rule
-from ..kit import F32, F64, PARAM, ModuleExercise, SpecError, generator, load_params, randn
+from ..kit import F32, F64, ModuleExercise, generator, randn
 
 
 def _right_padded(lengths: list[int], T: int) -> torch.Tensor:
@@ -193,40 +193,7 @@ class LoRALinearExercise(ModuleExercise):
                 "and the adapter never learns; initialise A randomly.", _wrong_lora(init="both zero")),
     )
 
-    def call(self, fn, case):
-        kw = dict(case.kwargs)
-        init = {k: kw.pop(k) for k in self.init}
-        params = {k[len(PARAM):]: kw.pop(k) for k in list(kw) if k.startswith(PARAM)}
-        (x,) = case.args
-        with torch.random.fork_rng(devices=[]):  # the learner's init must not move their seed
-            torch.manual_seed(0)
-            module = self.build(fn, init)
-        if not isinstance(module, nn.Module):
-            raise SpecError(f"{self.entry}(...) should build a torch.nn.Module, got "
-                            f"{type(module).__name__}")
-        module = module.to(x.dtype)
-        have = dict(module.named_parameters())
-        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        b0 = bool((have["lora_B"] == 0).all()) if "lora_B" in have else None
-        a0 = bool((have["lora_A"] != 0).any()) if "lora_A" in have else None
-        with torch.no_grad():
-            try:
-                load_params(module, params, self.optional, self.entry)
-            except SpecError:
-                try:  # a stub whose forward is still `raise NotImplementedError`: say so instead
-                    module(x)
-                except NotImplementedError:
-                    raise
-                except Exception:
-                    pass
-                raise
-            y = module.eval()(x)
-            merged = module.merge()
-            if not isinstance(merged, nn.Linear):
-                raise SpecError(f"merge() should return a torch.nn.Linear, got {type(merged).__name__}")
-            return {"output": y, "merged_weight": merged.weight.detach().clone(),
-                    "merged_output": merged(x), "trainable_parameters": trainable,
-                    "lora_B_zero_at_init": b0, "lora_A_nonzero_at_init": a0}
+    call = calls.lora_linear
 
     def cases(self, seed, hidden):
         g = generator(seed)

@@ -13,10 +13,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ...reference import parallel as parallel_ref
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake, Rule
 from ..kit import F32, F64, generator, randn
 
@@ -27,12 +26,6 @@ TRAINER = ("training", "gpt")
 
 # ---------------------------------------------------------------------------------------
 # 07.average_gradients (ranks simulated as threads)
-
-class _Params(nn.Module):
-    def __init__(self, values):
-        super().__init__()
-        self.ps = nn.ParameterList([nn.Parameter(v.clone()) for v in values])
-
 
 def _avg_sum(model, world_size, all_reduce):
     for p in model.parameters():
@@ -74,18 +67,7 @@ class AverageGradients(Exercise):
     def reference(self, model, world_size, all_reduce):
         return parallel_ref.average_gradients(model, world_size, all_reduce)
 
-    def call(self, fn, case: Case):
-        params, grads = case.kwargs["params"], case.kwargs["grads"]
-        world_size = len(grads)
-        group = parallel_ref.SimulatedGroup(world_size)
-        models = []
-        for r in range(world_size):
-            m = _Params(params)
-            for p, gr in zip(m.parameters(), grads[r]):
-                p.grad = None if gr is None else gr.clone()
-            models.append(m)
-        group.run(fn, [(m, world_size, group.all_reduce) for m in models])
-        return [[p.grad for p in m.parameters()] for m in models]
+    call = calls.simulated_ranks
 
     def cases(self, seed, hidden):
         g = generator(seed)
@@ -161,17 +143,7 @@ class AccumulateGradients(Exercise):
     def reference(self, model, x, y, micro_batch_size):
         return parallel_ref.accumulate_gradients(model, x, y, micro_batch_size)
 
-    def call(self, fn, case: Case):
-        kw = case.kwargs
-        w1, b1, w2, b2 = kw["w1"], kw["b1"], kw["w2"], kw["b2"]
-        model = nn.Sequential(nn.Linear(w1.shape[1], w1.shape[0]), nn.Tanh(),
-                              nn.Linear(w2.shape[1], w2.shape[0])).to(w1.dtype)
-        with torch.no_grad():
-            for p, v in zip(model.parameters(), (w1, b1, w2, b2)):
-                p.copy_(v)
-                p.grad = torch.full_like(v, 0.37)  # stale gradients from an earlier step
-        fn(model, kw["x"], kw["y"], kw["micro_batch_size"])
-        return [p.grad for p in model.parameters()]
+    call = calls.accumulate_gradients
 
     def cases(self, seed, hidden):
         g = generator(seed)

@@ -12,7 +12,7 @@ import math
 import torch
 
 from ...reference import calibration as ref
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake
 from ..kit import F32, F64, generator, knob, randn
 
@@ -160,9 +160,7 @@ class TemperatureScaling(Exercise):
     def reference(self, logits, labels):
         return ref.fit_temperature(logits, labels)
 
-    def call(self, fn, case):
-        out = fn(*case.args, **case.kwargs)
-        return float(out) if isinstance(out, torch.Tensor) and out.numel() == 1 else out
+    call = calls.scalar
 
     def cases(self, seed, hidden):
         g = generator(seed)

@@ -15,7 +15,7 @@ import torch
 from ...data.synthetic import documents
 from ...reference import dedup as ref
 from ...reference import memorisation as mem
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake, Rule
 from ..kit import F32, F64, generator, knob
 
@@ -23,20 +23,6 @@ NO_LIBRARIES = (
     Rule("datasketch", "write MinHash and LSH yourself instead of calling datasketch"),
     Rule("sklearn", "compute the AUC yourself instead of calling scikit-learn"),
 )
-
-
-def _tensor(out, dtype=torch.int64, pairs=False):
-    if isinstance(out, (list, tuple)):
-        try:
-            t = torch.tensor(out, dtype=dtype)
-        except (TypeError, ValueError, RuntimeError, OverflowError):
-            return out
-        return t.reshape(-1, 2) if pairs else t
-    return out
-
-
-def _number(out):
-    return float(out) if isinstance(out, torch.Tensor) and out.numel() == 1 else out
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,8 +69,7 @@ class ExactDedup(Exercise):
     def reference(self, docs):
         return ref.exact_dedup(docs)
 
-    def call(self, fn, case):
-        return _tensor(fn(*case.args, **case.kwargs))
+    call = calls.int64_list
 
     def cases(self, seed, hidden):
         rng = random.Random(seed)
@@ -212,8 +197,7 @@ class LshCandidates(Exercise):
     def reference(self, signatures, bands, rows):
         return ref.lsh_candidate_pairs(signatures, bands, rows)
 
-    def call(self, fn, case):
-        return _tensor(fn(*case.args, **case.kwargs), pairs=True)
+    call = calls.int64_pairs
 
     def cases(self, seed, hidden):
         g = generator(seed)
@@ -279,8 +263,7 @@ class Contamination(Exercise):
     def reference(self, eval_docs, train_docs, n=13):
         return ref.contaminated(eval_docs, train_docs, n)
 
-    def call(self, fn, case):
-        return _tensor(fn(*case.args, **case.kwargs), dtype=torch.bool)
+    call = calls.bool_list
 
     def cases(self, seed, hidden):
         rng = random.Random(seed)
@@ -409,8 +392,7 @@ class RocAuc(Exercise):
     def reference(self, scores, labels):
         return mem.roc_auc(scores, labels)
 
-    def call(self, fn, case):
-        return _number(fn(*case.args, **case.kwargs))
+    call = calls.scalar
 
     def cases(self, seed, hidden):
         g = generator(seed)

@@ -13,7 +13,7 @@ import torch
 
 from ...data.synthetic import Language, document_log_prob, documents
 from ...reference import decoding as ref
-from .. import register
+from .. import calls, register
 from ..core import Case, Exercise, Mistake, Rule
 from ..kit import F32, F64, generator, knob, randn
 
@@ -21,12 +21,6 @@ NO_HF_GENERATION = (
     Rule("transformers", "write the decoding step yourself instead of calling Hugging Face's "
          "generation utilities"),
 )
-
-
-def _as_float(out):
-    if isinstance(out, torch.Tensor) and out.numel() == 1:
-        return float(out)
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,12 +116,6 @@ class NextTokenProbs(Exercise):
 # ---------------------------------------------------------------------------------------
 # 10.beam_search: the "model" is a random table of log-probabilities given the last two tokens
 
-def _table_lm(table):
-    def next_log_probs(seqs):
-        return table[seqs[:, -2], seqs[:, -1]]
-    return next_log_probs
-
-
 def _beam_last_only(next_log_probs, prompt, num_beams, steps):
     beams, scores = prompt.reshape(1, -1), torch.zeros(1)
     for _ in range(steps):
@@ -170,10 +158,7 @@ def _beam_copies(next_log_probs, prompt, num_beams, steps):
 
 
 class _TableExercise(Exercise):
-    def call(self, fn, case):
-        table, prompt = case.args[:2]
-        out = fn(_table_lm(table), prompt, *case.args[2:], **case.kwargs)
-        return tuple(out) if isinstance(out, list) else out
+    call = calls.table_lm  # the case's log-prob table becomes a trigram LM function
 
 
 def _table(g, V, dtype=F32, scale=2.0):
@@ -201,11 +186,6 @@ class BeamSearch(_TableExercise):
 
     def reference(self, next_log_probs, prompt, num_beams, steps):
         return ref.beam_search(next_log_probs, prompt, num_beams, steps)
-
-    def call(self, fn, case):
-        if fn is self.reference:
-            return ref.beam_search(_table_lm(case.args[0]), *case.args[1:])
-        return super().call(fn, case)
 
     def cases(self, seed, hidden):
         g = generator(seed)
@@ -271,8 +251,7 @@ class DistinctN(Exercise):
     def reference(self, sequences, n):
         return ref.distinct_n(sequences, n)
 
-    def call(self, fn, case):
-        return _as_float(fn(*case.args, **case.kwargs))
+    call = calls.scalar
 
     def cases(self, seed, hidden):
         rng = random.Random(seed)
@@ -371,9 +350,7 @@ class MathVerdicts(Exercise):
     def reference(self, docs):
         return ref.math_verdicts(docs)
 
-    def call(self, fn, case):
-        out = fn(*case.args, **case.kwargs)
-        return torch.as_tensor(out, dtype=torch.int64) if isinstance(out, (list, tuple)) else out
+    call = calls.int64_sequence
 
     def cases(self, seed, hidden):
         rng = random.Random(seed)
