@@ -17,8 +17,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 torch.set_num_threads(1)
 
-IDS = ["05.ClassificationHead", "05.LoRALinear", "05.chat_tokens", "05.last_token_pool",
-       "05.masked_lm_loss"]
+IDS = ["05.ClassificationHead", "05.LoRALinear", "05.chat_tokens", "05.early_stopping",
+       "05.last_token_pool", "05.masked_lm_loss"]
 
 # Correct answers written the way a learner would, not copied from the reference.
 LEARNER = (FIXTURES / "ch05_learner.py").read_text(encoding="utf-8")
@@ -47,7 +47,8 @@ def test_a_learners_own_mistakes_are_named(learner):
     expected = {"05.last_token_pool": "lengths - 1: assumes right padding",
                 "05.masked_lm_loss": "mean of per-sequence means",
                 "05.chat_tokens": "role headers in the loss",
-                "05.LoRALinear": "scaled by alpha instead of alpha / r"}
+                "05.LoRALinear": "scaled by alpha instead of alpha / r",
+                "05.early_stopping": "a tie counts as an improvement (never stops on a plateau)"}
     for exercise_id, name in expected.items():
         ex = get(exercise_id)
         r = run(ex, getattr(wrong, ex.entry), hidden=True)

@@ -7,7 +7,7 @@ import pytest
 
 from llmcourse.checks import all_exercises, get, run
 
-IDS = ["07.absmax_quantize", "07.accumulate_gradients", "07.average_gradients",
+IDS = ["07.absmax_quantize", "07.accumulate_gradients", "07.albert_param_count", "07.average_gradients",
        "07.chinchilla_optimal", "07.column_parallel_linear", "07.fit_power_law",
        "07.magnitude_prune", "07.param_count", "07.row_parallel_linear", "07.train_flops",
        "07.zeropoint_quantize"]
@@ -36,6 +36,16 @@ def chinchilla_optimal(C, A, B, alpha, beta):
     # from alpha A N^-alpha = beta B D^-beta with D = C / (6 N)
     n = ((alpha * A) / (beta * B) * (C / 6) ** beta) ** (1 / (alpha + beta))
     return n, C / (6 * n)
+
+
+def albert_param_count(config):
+    v, e, h = config["vocab_size"], config["embedding_size"], config["hidden_size"]
+    ffn = config["intermediate_size"]
+    tables = e * (v + config["max_position_embeddings"] + config["type_vocab_size"] + 2)
+    linear = lambda i, o: i * o + o  # noqa: E731
+    layer = 4 * linear(h, h) + 2 * 2 * h + linear(h, ffn) + linear(ffn, h)
+    groups = [config["inner_group_num"]] * config["num_hidden_groups"]
+    return tables + linear(e, h) + sum(groups) * layer + linear(h, h)
 
 
 def fit_power_law(N, L):
@@ -124,6 +134,20 @@ def test_counting_a_built_model_is_forbidden(learner):
     ''', name="cheater_ch07")
     r = run(get("07.param_count"), mod.gpt_param_count)
     assert r.status == "forbidden" and "numel" in str(r) or "parameters" in str(r)
+
+
+def test_building_an_albert_model_is_forbidden(learner):
+    mod = learner('''
+        import torch
+        import transformers
+
+
+        def albert_param_count(config):
+            with torch.device("meta"):
+                model = transformers.AlbertModel(transformers.AlbertConfig(**config))
+            return sum(p.numel() for p in model.parameters())
+    ''', name="cheater_ch07")
+    assert run(get("07.albert_param_count"), mod.albert_param_count).status == "forbidden"
 
 
 def test_flop_counter_and_reference_are_forbidden(learner):
