@@ -347,7 +347,12 @@ GENERATOR_SLIP = ("random draws ignore `generator`: the same seed gave two diffe
 def run(exercise: Exercise, fn, *, seed: int | None = None, hidden: bool = False,
         _depth: int = 0) -> Result:
     """Run every case (a failing function costs no more than a passing one); report the
-    first failure, and name the mistakes consistent with all the cases."""
+    first failure, and name the mistakes consistent with all the cases. A challenge is
+    measured and banded instead (:mod:`.challenge`)."""
+    if getattr(exercise, "kind", "") == "challenge":
+        from .challenge import run_challenge
+
+        return run_challenge(exercise, fn, seed=PUBLIC_SEED if seed is None else seed, hidden=hidden)
     violations = violations_for(exercise.entry, exercise.rules, _learner_cells(fn))
     if violations:
         return Result(exercise, "forbidden", 0, 0, str(violations[0]))

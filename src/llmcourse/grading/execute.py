@@ -25,7 +25,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Integer, Unicode
 
 from .protocol import (HIDDEN_PLACEHOLDER, MAX_NOTEBOOK_BYTES, SANDBOX_INPUTS_DIR, SANDBOX_JOB_OUT,
-                       BatchDir, ProtocolError, read_plan, read_regular, strip_hidden)
+                       BatchDir, ProtocolError, read_challenges, read_plan, read_regular, strip_hidden)
 from .sandbox import NO_SANDBOX, Limits, _size, probe, run_job
 
 REFUSE = ("plain `nbgrader autograde` is not supported for this course: run `llmcourse grade` "
@@ -59,13 +59,16 @@ class SafeExecute(NbGraderPreprocessor):
         job.outbox.mkdir(mode=0o700)
         unsafe = self.unsafe
         (job.notebook).write_text(json.dumps(nb), encoding="utf-8")
+        budgets = read_challenges(batch.plan, name)
         (job.job).write_text(json.dumps({
             "cell_timeout": self.timeout, "notebook_timeout": self.notebook_timeout,
             "max_cell_output": self.max_cell_output, "entries": read_plan(batch.plan, name),
+            "challenges": budgets,
             "inputs": str(batch.inputs) if unsafe else f"{SANDBOX_INPUTS_DIR}/{batch.inputs.name}",
             "outputs": str(job.outputs) if unsafe else f"{SANDBOX_JOB_OUT}/{job.outputs.name}"}))
-        limits = Limits(memory=_size(self.memory), wall=self.notebook_timeout + 120,
-                        cpu=2 * self.notebook_timeout + 120)
+        extra = sum(b + 10 for b in budgets.values())  # each challenge's own step
+        limits = Limits(memory=_size(self.memory), wall=self.notebook_timeout + 120 + extra,
+                        cpu=2 * (self.notebook_timeout + extra) + 120)
         report = run_job(job, batch.library, batch.inputs_dir, limits, unsafe=unsafe)
         problem = merge_outputs(nb, job.executed, self.max_cell_output)
         if problem:

@@ -34,6 +34,8 @@ class CellScore:
     points: float
     max_points: float
     reason: str = ""
+    # challenges: {exercise id: {"figure", "floor", "unit", "credit", "band"}} (the leaderboard)
+    figures: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -170,7 +172,8 @@ def _prepare(assignment, index, root, options, seed, batch: BatchDir) -> Chapter
     build = learner_build(pristine, batch.library, assignment[:2], batch.public, info,
                           notebook_reference_imports(root / "solutions" / assignment))
     write_plan(batch.plan, {s.name: {e: entry for g in s.grade_cells.values()
-                                     for e, entry in g.exercises.items()} for s in sources})
+                                     for e, entry in g.exercises.items()} for s in sources},
+               {e: int(i["budget_s"]) for e, i in info.items() if "budget_s" in i})
     cfg = nbgrader_config(root, options.course_dir, cell_timeout=options.cell_timeout,
                           notebook_timeout=options.notebook_timeout, memory=options.memory,
                           verify_dir=str(batch.root), unsafe=options.unsafe)
@@ -279,7 +282,7 @@ def _settle(cell: CellContext) -> CellScore:
         grade = gb.find_grade(gc.grade_id, src.name, src.assignment, cell.student)
     except MissingEntry:
         return CellScore(gc.grade_id, 0.0, gc.points, "not graded")
-    reasons = []
+    reasons, notes, credit, figures = [], [], 1.0, {}
     if not gc.exercises:
         reasons.append("nothing in this cell can be verified outside the notebook")
     for exid in gc.exercises:
@@ -289,14 +292,20 @@ def _settle(cell: CellContext) -> CellScore:
             reasons.append(f"{exid}: not verified (the hidden cases did not run)")
         elif not v.ok:
             reasons.append(f"{exid}: {v.message}" + (f" - diagnosis: {v.mistake}" if v.mistake else ""))
+        elif v.credit < 1.0 or v.figure is not None:  # a challenge: its band's share
+            credit *= max(0.0, min(1.0, v.credit))
+            notes.append(f"{exid}: {v.message}")
+        if v is not None and v.figure is not None:
+            figures[exid] = {"figure": v.figure, "floor": v.floor, "credit": v.credit,
+                             "message": v.message}
     auto = float(grade.auto_score or 0.0)
-    final = 0.0 if reasons else min(auto, gc.points)
+    final = 0.0 if reasons else round(min(auto, gc.points) * credit, 4)
     grade.manual_score = final
-    _comment(gb, gc, src, cell.student, reasons)
+    _comment(gb, gc, src, cell.student, reasons or notes)
     gb.db.commit()
     if not reasons and auto < gc.points:
         reasons.append("the test cell failed in the notebook (see the feedback)")
-    return CellScore(gc.grade_id, final, gc.points, "; ".join(reasons))
+    return CellScore(gc.grade_id, final, gc.points, "; ".join(reasons + notes), figures)
 
 
 RUN_PROBLEMS = {

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from llmcourse.checks.challenge import Band, Challenge
 from llmcourse.checks.core import Case, Exercise, Mistake, Rule
 from llmcourse.checks.kit import ModuleExercise, SeededExercise
 
-KINDS = {"plain": Exercise, "module": ModuleExercise, "seeded": SeededExercise}
+KINDS = {"plain": Exercise, "module": ModuleExercise, "seeded": SeededExercise,
+         "challenge": Challenge}
 
 
 def _rebuild(items: list, i: int = 0):
@@ -77,7 +79,10 @@ def _exception(line: str) -> BaseException:
     name, _, msg = line.partition(": ")
     cls = getattr(builtins, name, None)
     if isinstance(cls, type) and issubclass(cls, Exception):
-        return cls(msg)
+        try:
+            return cls(msg)
+        except TypeError:  # e.g. UnicodeDecodeError takes 5 arguments
+            pass
     return type(name, (Exception,), {})(msg)
 
 
@@ -86,10 +91,16 @@ def make_exercise(spec: dict, arrays: dict) -> Exercise:
 
     base = KINDS[spec["kind"]]
 
+    from llmcourse.checks import calls
+
+    glue_call = getattr(calls, spec["call"]) if spec.get("call") else None
+
     class PublicExercise(base):  # type: ignore[misc, valid-type]
         id, entry = spec["id"], spec["entry"]
         init, optional = tuple(spec.get("init", ())), tuple(spec.get("optional", ()))
         allow_reference = tuple(spec.get("allow_reference", ()))
+        if spec.get("build"):
+            build = getattr(calls, spec["build"])
 
         @property
         def rules(self):
@@ -113,8 +124,16 @@ def make_exercise(spec: dict, arrays: dict) -> Exercise:
                 if isinstance(got, BaseException):
                     raise got
                 return _rebuild(got)[0]
+            if glue_call is not None:  # the spec's own call, shipped in checks/calls.py
+                return glue_call(self, fn, case)
             return super().call(fn, case)
 
+    if spec["kind"] == "challenge":  # the measurement and the bands, as the spec says
+        c = spec["challenge"]
+        PublicExercise.metric, PublicExercise.unit = c["metric"], c["unit"]
+        PublicExercise.lower_is_better = c["lower_is_better"]
+        PublicExercise.relative_to_floor, PublicExercise.budget_s = c["relative_to_floor"], c["budget_s"]
+        PublicExercise.bands = tuple(Band(*b) for b in c["bands"])
     ex = PublicExercise()
     ex._index = {c["label"]: i for i, c in enumerate(spec["cases"])}
     mistakes = []
@@ -149,9 +168,41 @@ _load(__name__, _Path(__file__).parent)
 '''
 
 
+def glue(ex) -> tuple[str | None, str | None]:
+    """The names in ``checks/calls.py`` of the exercise's own ``call`` and ``build`` (None:
+    the base class's); raises when either is defined anywhere else (the learner build could
+    not call the learner's function: move it to checks/calls.py)."""
+    from llmcourse.checks import calls
+
+    names = []
+    for attr in ("call", "build"):
+        fn = getattr(type(ex), attr, None)
+        base = next((getattr(c, attr, None) for c in KINDS.values() if isinstance(ex, c)
+                     and getattr(c, attr, None) is fn), None)
+        if fn is None or base is not None:
+            names.append(None)
+        elif getattr(calls, getattr(fn, "__name__", ""), None) is fn:
+            names.append(fn.__name__)
+        else:
+            raise TypeError(f"{ex.id}: its {attr} is {fn.__qualname__} in {fn.__module__}; a "
+                            f"custom {attr} goes in llmcourse/checks/calls.py (the learner build "
+                            "ships that module, not the spec modules)")
+    return names[0], names[1]
+
+
 def spec_kind(ex) -> str | None:
-    """How the learner's function is called, when the build can do it without the spec
-    module (the call is core's or the kit's); None when the spec has its own ``call``."""
+    """How the learner's function is called: the base kind; its own ``call`` / ``build``, if
+    any, come from ``checks/calls.py`` (:func:`glue`). None when neither works."""
+    try:
+        custom = glue(ex) != (None, None)
+    except TypeError:
+        return None
+    if custom and getattr(ex, "kind", "") != "challenge":
+        for kind in ("module", "seeded", "plain"):
+            if isinstance(ex, KINDS[kind]):
+                return kind
+    if getattr(ex, "kind", "") == "challenge":
+        return "challenge" if type(ex).call is Exercise.call else None
     for kind, cls in KINDS.items():
         if type(ex).call is cls.call and getattr(type(ex), "build", None) is getattr(cls, "build", None):
             return kind
@@ -165,7 +216,8 @@ def public_data(ex, seed: int) -> tuple[dict, dict]:
     from llmcourse.checks.runner import _clone
 
     arrays, cases = {}, []
-    for ci, case in enumerate(ex.cases(seed, False)):
+    challenge = getattr(ex, "kind", "") == "challenge"  # measured by the grader only
+    for ci, case in enumerate([] if challenge else ex.cases(seed, False)):
         expected = flatten(ex.expected(_clone(case)))
         rtol, atol = tolerance(case, expected)
         a, meta = protocol.pack(expected)
@@ -188,5 +240,8 @@ def public_data(ex, seed: int) -> tuple[dict, dict]:
             "allow_reference": list(ex.allow_reference),
             "rules": [[r.target, r.why, list(r.allow)] for r in ex.rules],
             "mistakes": [[m.name, m.explain] for m in ex.mistakes], "cases": cases}
+    spec["call"], spec["build"] = glue(ex)
+    if getattr(ex, "kind", "") == "challenge":
+        spec["challenge"] = ex.describe()
     json.dumps(spec)
     return arrays, spec

@@ -155,8 +155,26 @@ SANDBOX_LIBRARY = "/opt/llmcourse"
 # The plan file: notebook name -> {"entries": {exercise id: entry name}}
 
 
-def write_plan(path: Path, plan: dict[str, dict[str, str]]) -> None:
-    path.write_text(json.dumps({nb: {"entries": e} for nb, e in plan.items()}))
+def write_plan(path: Path, plan: dict[str, dict[str, str]],
+               budgets: dict[str, int] | None = None) -> None:
+    """``budgets``: {challenge id: seconds}; a challenge runs in a step of its own."""
+    budgets = budgets or {}
+    path.write_text(json.dumps({nb: {"entries": e, "challenges": {x: budgets[x] for x in e if x in budgets}}
+                                for nb, e in plan.items()}))
+
+
+def read_challenges(path: Path | str, notebook: str) -> dict[str, int]:
+    """{challenge id: budget in seconds} of one notebook."""
+    try:
+        plan = json.loads(Path(path).read_text())
+        return {str(k): int(v) for k, v in plan.get(notebook, {}).get("challenges", {}).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def challenge_outputs(outputs: str, exid: str) -> str:
+    """Where the kernel writes one challenge's outputs (next to the exercises' file)."""
+    return f"{outputs}.{safe_name(exid)}"
 
 
 def read_plan(path: Path | str, notebook: str) -> dict[str, str]:

@@ -108,15 +108,32 @@ class Runner(NotebookClient):
         deadline = time.monotonic() + 300  # the grader makes the inputs while the notebook runs
         while not os.path.exists(inputs) and time.monotonic() < deadline:
             time.sleep(0.02)
-        src = ("from llmcourse.grading.harness import dump as _llmcourse_dump\n"
-               f"_llmcourse_dump({inputs!r}, {out!r}, {self.job['entries']!r}, "
-               f"{bool(self.job.get('record_ops', True))!r})")
-        cell = new_code_cell(src)
-        self.nb.cells.append(cell)
-        try:
-            self._execute(cell, len(self.nb.cells) - 1, store_history=False)
-        finally:
-            self.nb.cells.pop()
+        challenges = {k: int(v) for k, v in self.job.get("challenges", {}).items()}
+        entries = {k: v for k, v in self.job["entries"].items() if k not in challenges}
+        steps = [(entries, out, self.timeout)]
+        # each challenge in a step of its own, stopped at its time budget: a run over budget
+        # writes no outputs, and the grader scores it 0 with one line
+        steps += [({k: self.job["entries"][k]}, f"{out}.{_safe(k)}", budget + 5)
+                  for k, budget in challenges.items() if k in self.job["entries"]]
+        for step_entries, step_out, timeout in steps:
+            if self._dead:
+                break
+            self.timeout = max(1, int(timeout))
+            src = ("from llmcourse.grading.harness import dump as _llmcourse_dump\n"
+                   f"_llmcourse_dump({inputs!r}, {step_out!r}, {step_entries!r}, "
+                   f"{bool(self.job.get('record_ops', True))!r})")
+            cell = new_code_cell(src)
+            self.nb.cells.append(cell)
+            try:
+                self._execute(cell, len(self.nb.cells) - 1, store_history=False)
+            finally:
+                self.nb.cells.pop()
+
+
+def _safe(name: str) -> str:
+    from .protocol import safe_name
+
+    return safe_name(name)
 
 
 def main(job_in: str, job_out: str) -> int:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from ..checks.core import compare, exception_line
 from . import codec
 from .opsmode import forbidden_ops
-from .protocol import (ProtocolError, expected_items, expected_key, key, mistake_items,
-                       mistake_key, output_items, pack)
+from .protocol import (ProtocolError, challenge_outputs, expected_items, expected_key, key,
+                       mistake_items, mistake_key, output_items, pack)
 
 
 def case_seed(seed: int, exercise_id: str) -> int:
@@ -45,6 +45,8 @@ def make_cases(seed: int, inputs_path: str, exercise_ids: list[str]) -> bytes:
         in_meta[exid], ex_meta[exid] = [], {"entry": ex.entry, "cases": [],
                                             "forbid": [[r.target, r.why, list(r.allow)] for r in ex.rules],
                                             "uses": [[d, get(d).entry] for d in getattr(ex, "uses", ())]}
+        if getattr(ex, "kind", "") == "challenge":
+            ex_meta[exid]["challenge"] = ex.describe()
         for ci, case in enumerate(ex.cases(case_seed(seed, exid), True)):
             in_meta[exid].append({"label": case.label,
                                   "args": codec.encode(tuple(case.args), in_arrays, key(exid, ci, "a")),
@@ -85,6 +87,8 @@ def make_public(public_dir: str, exercise_ids: list[str]) -> None:
         ex = get(exid)
         kind = spec_kind(ex)
         info[exid] = {"kind": kind, "allow_reference": list(ex.allow_reference)}
+        if getattr(ex, "kind", "") == "challenge":
+            info[exid]["budget_s"] = int(ex.budget_s)
         if kind is not None:
             arrays, spec = public_data(ex, 0)
             codec.save(os.path.join(public_dir, safe_name(exid) + ".bin"), arrays, spec)
@@ -144,6 +148,9 @@ class Verdict:
     ok: bool
     message: str = ""
     mistake: str = ""
+    credit: float = 1.0  # a challenge's band: the fraction of the points it earns
+    figure: float | None = None  # a challenge's measured figure (for the leaderboard)
+    floor: float | None = None
 
 
 def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str]) -> dict[str, Verdict]:
@@ -159,10 +166,15 @@ def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str
     verdicts = {}
     for exid in exercise_ids:
         try:
-            verdicts[exid] = _judge_one(exid, ex_meta[exid]["cases"], ex_arrays,
-                                        got_meta.get(exid, []) if isinstance(got_meta, dict) else [],
-                                        got_arrays)
-            ops = got_meta.get("__ops__", {}) if isinstance(got_meta, dict) else {}
+            arrays, meta = got_arrays, got_meta
+            if "challenge" in ex_meta[exid]:  # measured from its own file (its own time budget)
+                arrays, meta = _challenge_outputs(outputs_path, exid)
+                verdicts[exid] = _judge_challenge(exid, ex_meta[exid], ex_arrays, meta, arrays)
+            else:
+                verdicts[exid] = _judge_one(exid, ex_meta[exid]["cases"], ex_arrays,
+                                            got_meta.get(exid, []) if isinstance(got_meta, dict) else [],
+                                            got_arrays)
+            ops = meta.get("__ops__", {}) if isinstance(meta, dict) else {}
             names = ops.get(exid, []) if isinstance(ops, dict) else []
             if isinstance(names, list):
                 hits = forbidden_ops([str(n) for n in names[:10_000]], ex_meta[exid]["forbid"])
@@ -180,6 +192,47 @@ def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str
                              f"`{entry}`, fix that first. {v.message}")
                 break
     return verdicts
+
+
+def _challenge_outputs(outputs_path: str, exid: str) -> tuple[dict, object]:
+    path = challenge_outputs(outputs_path, exid)
+    if not os.path.lexists(path):
+        return {}, None
+    try:
+        return codec.load(path)
+    except ProtocolError:
+        return {}, {}
+
+
+def _judge_challenge(exid, meta, ex_arrays, got_meta, got_arrays) -> Verdict:
+    """Measure a challenge's outputs here (NumPy only) and band the figure."""
+    from ..checks.challenge import score
+
+    budget = meta["challenge"]["budget_s"]
+    if got_meta is None:
+        return Verdict(False, f"no result: the run did not finish within its {budget} s budget "
+                              "(or the kernel died)", credit=0.0)
+    cases = meta["cases"]
+    got_cases = got_meta.get(exid, []) if isinstance(got_meta, dict) else []
+    truths, outputs = [], []
+    for ci, case in enumerate(cases):
+        truths.append(expected_items(ex_arrays, exid, ci, case["expected"]))
+        got = got_cases[ci] if ci < len(got_cases) and isinstance(got_cases[ci], dict) else None
+        if got is None:
+            return Verdict(False, f"hidden case {ci + 1}: no output", credit=0.0)
+        if got.get("error") == "not implemented yet":
+            return Verdict(False, "not implemented yet", credit=0.0)
+        if "error" in got:
+            outputs.append(str(got["error"])[:300])
+            continue
+        try:
+            outputs.append(output_items(got_arrays, exid, ci, got["items"]))
+        except (KeyError, TypeError, ValueError):
+            return Verdict(False, f"hidden case {ci + 1}: malformed output", credit=0.0)
+    s = score(meta["challenge"], truths, outputs)
+    if s.credit <= 0:
+        return Verdict(False, s.message, credit=0.0, figure=s.figure, floor=s.floor)
+    return Verdict(True, s.message, credit=s.credit, figure=s.figure, floor=s.floor)
 
 
 def _judge_one(exid, cases, ex_arrays, got_cases, got_arrays) -> Verdict:

@@ -1,3 +1,3 @@
 """Chapter 01, language models: one module per notebook."""
 
-from . import bpe, ngram_lm  # noqa: F401
+from . import bpe, challenge, ngram_lm  # noqa: F401

@@ -1,0 +1,87 @@
+"""challenge.ipynb: the next character at the start of each word, as close to the truth as
+you can get (an outcome-graded challenge)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import torch
+
+from ...reference import char_model as ref
+from .. import register
+from ..challenge import Attempt, Band, Challenge
+from ..core import Case, Rule
+
+TRAIN_CHARS = 300_000
+CONTEXTS = {False: 600, True: 1500}  # public, hidden
+
+
+def _contexts(seed: int, n: int) -> list[str]:
+    """One context per document: the document up to a random word start (after a space)."""
+    from ...data import documents
+    from ...data.next_token import word_boundaries
+
+    rng, out = random.Random(seed), []
+    for doc in documents(n, seed=seed):
+        starts = word_boundaries(doc)
+        if starts:
+            out.append(doc[:rng.choice(starts)])
+    return out
+
+
+def _uniform(train_text, contexts):
+    return torch.full((len(contexts), 256), -math.log(256), dtype=torch.float64)
+
+
+def _unigram(train_text, contexts):
+    counts = torch.ones(256, dtype=torch.float64)
+    for ch, c in Counter(train_text).items():
+        counts[min(ord(ch), 255)] += c
+    return torch.log(counts / counts.sum()).expand(len(contexts), 256).clone()
+
+
+def _bigram(train_text, contexts):
+    return ref.fit_and_predict(train_text, contexts, order=1)
+
+
+def _trigram(train_text, contexts):
+    return ref.fit_and_predict(train_text, contexts, order=2)
+
+
+@register
+class NextCharacter(Challenge):
+    """The next byte at word starts of held-out text, measured against the exact truth."""
+    id = "01.next_char"
+    entry = "fit_and_predict"
+    metric = "cross_entropy_bits"
+    unit = "bits/char"
+    relative_to_floor = True
+    bands = (Band(0.55, 1.0, "A"), Band(0.8, 0.75, "B"), Band(1.4, 0.5, "C"), Band(3.0, 0.25, "D"))
+    budget_s = 60
+    forbid = (Rule("llmcourse.data", "learn from `train_text` only: the course's data module knows the "
+                   "language's true probabilities"),)
+    attempts = (Attempt("uniform over 256 bytes", _uniform, 0.0),
+                Attempt("character unigram", _unigram, 0.0),
+                Attempt("character bigram", _bigram, 0.0),
+                Attempt("character trigram", _trigram, 0.25))
+
+    def cases(self, seed: int, hidden: bool) -> list[Case]:
+        from ...data import corpus
+
+        train = corpus(TRAIN_CHARS, seed=1000 + seed)
+        return [Case("held-out word starts", (train, _contexts(5000 + seed, CONTEXTS[hidden])))]
+
+    def truth(self, case: Case):
+        from ...data.next_token import next_byte_distribution
+
+        contexts = case.args[1]
+        p = torch.zeros(len(contexts), 256, dtype=torch.float64)
+        for r, ctx in enumerate(contexts):
+            for ch, q in next_byte_distribution(ctx).items():
+                p[r, ord(ch)] += q
+        return p
+
+    def reference(self, train_text, contexts):
+        return ref.fit_and_predict(train_text, contexts)
