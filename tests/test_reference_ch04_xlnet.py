@@ -133,7 +133,7 @@ def test_partial_prediction_is_the_collators_perm_mask(seed):
 def tiny_xlnet(n_layer=2, seed=0):
     torch.manual_seed(seed)
     config = transformers.XLNetConfig(vocab_size=30, d_model=16, n_layer=n_layer, n_head=2,
-                                      d_inner=32, dropout=0.0)
+                                      d_inner=32, dropout=0.0, initializer_range=0.3)
     return transformers.XLNetLMHeadModel(config).eval()
 
 
@@ -196,4 +196,4 @@ def test_a_target_never_sees_its_own_token_nor_later_ones():
             earlier = ids.clone()
             earlier[0, z[0, t - 1]] = (ids[0, z[0, t - 1]] - 5 + 1) % 25 + 5
             out = model(earlier, perm_mask=perm_mask, target_mapping=mapping).logits
-            assert (out[0, k] - base[0, k]).abs().max() > 1e-4
+            assert (out[0, k] - base[0, k]).abs().max() > 1e-3
