@@ -196,6 +196,17 @@ def _child_setup(limits: Limits, cgroup: str | None):
     return setup
 
 
+def library_for(library: Path, job: JobDir) -> Path:
+    """The learner build a job runs with: its notebook's (``lib/notebooks/<notebook>``, the
+    job folder being ``<student>--<notebook>``), else the default ``lib/``."""
+    folder = library / "notebooks"
+    if folder.is_dir():
+        match = [d for d in folder.iterdir() if job.root.name.endswith("--" + d.name)]
+        if match:
+            return max(match, key=lambda d: len(d.name))
+    return library
+
+
 @dataclass
 class RunReport:
     sandboxed: bool
@@ -209,6 +220,7 @@ def run_job(job: JobDir, library: Path, inputs_dir: Path, limits: Limits,
     """Run one notebook job; kill everything it started; never raise for what it did."""
     t0 = time.monotonic()
     cgroup = None
+    library = library_for(library, job)
     if unsafe:
         env = {"HOME": str(job.outbox), "PATH": os.environ.get("PATH", "/usr/bin"),
                "PYTHONPATH": str(library), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",

@@ -1,0 +1,108 @@
+"""Issue 19 end to end: the learner build carries no reference in a chapter whose specs call
+the learner's function their own way (02), and a fork bomb is held by the process limit
+also when the grader runs as root."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from conftest import filled_student_notebook, grade, nbgrader_meta, sandbox_available, save
+
+pytestmark = [pytest.mark.slow]
+
+
+def _need_sandbox():
+    ok, why = sandbox_available()
+    if not ok:
+        pytest.skip(f"no bubblewrap sandbox on this machine: {why}")
+
+
+def _notes(row) -> str:
+    return " | ".join(row["problems"] + [c["reason"] for c in row["cells"]])
+
+
+def _cell(source: str) -> dict:
+    return {"cell_type": "code", "id": f"x{abs(hash(source)) % 10**8}", "metadata": {},
+            "execution_count": None, "outputs": [], "source": source}
+
+
+PROBE = ("import importlib\n"
+         "for name in ('llmcourse.reference.attention', 'llmcourse.reference'):\n"
+         "    try:\n"
+         "        m = importlib.import_module(name)\n"
+         "        print('LE' + 'AK', name, sorted(vars(m))[:5])\n"
+         "    except ImportError as exc:\n"
+         "        print('NOREF', name)\n")
+
+
+def test_chapter_02_learner_build_has_no_reference(tmp_path):
+    """sdpa (plain calls) and transformer (02.gpt: the spec's own build) score full marks; a
+    learner who imports the reference's attention gets 0 for it, with the reason, and the
+    import fails inside the sandbox."""
+    _need_sandbox()
+    ch = "02-attention"
+    subs = tmp_path / "subs"
+    for nb in ("sdpa", "transformer"):
+        save(subs / "honest" / f"{nb}.ipynb", filled_student_notebook(ch, nb))
+    hostile = filled_student_notebook(ch, "sdpa")
+    for c in hostile["cells"]:
+        if nbgrader_meta(c).get("grade_id") == "scaled_dot_product_attention":
+            c["source"] = "from llmcourse.reference.attention import scaled_dot_product_attention"
+    hostile["cells"].insert(3, _cell(PROBE))
+    save(subs / "hostile" / "sdpa.ipynb", hostile)
+    proc, rows = grade(subs, tmp_path / "course", "--assignment", ch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = {(r["student"], r["notebook"]): r for r in rows}
+    for nb in ("sdpa", "transformer"):
+        r = got[("honest", nb)]
+        assert r["score"] == r["max_score"] > 0, _notes(r)
+    r = got[("hostile", "sdpa")]
+    sdpa = {c["grade_id"]: c for c in r["cells"]}["test_sdpa"]
+    assert sdpa["points"] == 0 and sdpa["reason"], sdpa
+    feedback = (tmp_path / "course" / "feedback" / "hostile" / ch / "sdpa.html").read_text()
+    assert "NOREF llmcourse.reference.attention" in feedback and "LEAK" not in feedback
+
+
+BOMB = ("import os, time\n"
+        "def bomb():\n"
+        "    while True:\n"
+        "        try:\n"
+        "            os.fork()\n"
+        "        except OSError:\n"
+        "            time.sleep(0.05)\n"
+        "bomb()\n")
+
+
+def _runners(course: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if "llmcourse.grading.runner" in ln or course in ln]
+
+
+def test_fork_bomb_is_held_and_the_batch_finishes(tmp_path):
+    """The bomb replaces the first answer: its sandbox hits the process limit (a pids cgroup;
+    RLIMIT_NPROC does not bind root), the notebook is killed at its time limit, the learner
+    gets 0, the honest learner after it full marks, and no process of the bomb is left."""
+    _need_sandbox()
+    ch, nb = "00-getting-started", "warmup"
+    subs = tmp_path / "subs"
+    bomber = filled_student_notebook(ch, nb)
+    for c in bomber["cells"]:
+        if nbgrader_meta(c).get("grade_id") == "softmax":
+            c["source"] = BOMB
+    save(subs / "a_bomber" / f"{nb}.ipynb", bomber)
+    save(subs / "b_honest" / f"{nb}.ipynb", filled_student_notebook(ch, nb))
+    t0 = time.monotonic()
+    proc, rows = grade(subs, tmp_path / "course", "--timeout", "10", "--notebook-timeout", "40",
+                       "--no-feedback", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 500
+    got = {r["student"]: r for r in rows}
+    assert got["a_bomber"]["score"] == 0, _notes(got["a_bomber"])
+    assert got["b_honest"]["score"] == got["b_honest"]["max_score"] > 0, _notes(got["b_honest"])
+    assert (tmp_path / "course-result.json").exists()
+    time.sleep(1)
+    assert _runners(str(tmp_path)) == []
+    left = subprocess.run(["ps", "-eo", "pid,ppid,stat,comm"], capture_output=True, text=True).stdout
+    assert len(left.splitlines()) < 400, "processes left behind"
