@@ -15,8 +15,8 @@
    warm-up notebook (median of 5 paired runs; target ratio <= 1.1: one notebook execution);
 8. a cohort (`--only cohort`): the same 20 solved chapter 00 notebooks graded with `--jobs 1`,
    `--jobs 2` and a 2-worker Dask LocalCluster: notebooks per minute, the speed-up jobs=2 /
-   jobs=1 (target >= 1.7 on 2 cores) and the cost per notebook by phase
-   (LLMCOURSE_BENCH_COHORT=N grades N notebooks instead of 20);
+   jobs=1 (target >= 1.7 on 2 cores) and the cost per notebook by phase, each figure with the
+   load average it was made under (LLMCOURSE_BENCH_COHORT=N grades N notebooks instead of 20);
 6. the book (`--only book`): a clean build (empty build folder and execution cache), a
    rebuild from an empty build folder with the execution cache kept, and an incremental
    rebuild with nothing changed (target for the cached ones: <= 60 s on a 2-core CPU).
@@ -107,6 +107,8 @@ def _cohort(tmp) -> None:
     print(f"\n8. a cohort: {n} solved {ch} notebooks, feedback on"
           + (" (no sandbox on this machine: --unsafe-no-sandbox)" if unsafe else ""))
     rates = {}
+    idle = os.getloadavg()[0]  # before our own runs: what else this machine is doing
+    print(f"   {os.cpu_count()} cores; load average before the runs {_load()}")
     for label, engine in [("--jobs 1", Engine(jobs=1)), ("--jobs 2", Engine(jobs=2)),
                           ("Dask LocalCluster, 2 workers", Engine(jobs=2, dask=True))]:
         stats: dict = {}
@@ -117,12 +119,21 @@ def _cohort(tmp) -> None:
         t = time.perf_counter() - t
         assert len(rows) == n and all(r.score == r.max_score for r in rows), [r.problems for r in rows]
         rates[label] = n / t * 60
-        print(f"   {label:30s} wall {t:6.1f} s   {rates[label]:5.1f} notebooks/min")
+        print(f"   {label:30s} wall {t:6.1f} s   {rates[label]:5.1f} notebooks/min   "
+              f"load average after {_load()}")
         for phase, secs in stats["phases"].items():
             print(f"      {phase:32s} {statistics.mean(secs):6.2f} s per "
                   f"{'worker' if 'once' in phase else 'notebook'} (n={len(secs)})")
     print(f"   speed-up jobs=2 / jobs=1: {rates['--jobs 2'] / rates['--jobs 1']:.2f} (target >= 1.7)")
+    if idle >= 0.5:  # another process competes for the cores: the ratio measures that too
+        print(f"   (the machine was busy before the runs, load {idle:.2f} on {os.cpu_count()} cores: "
+              "the speed-up is measured under contention, not on idle cores)")
     print(f"   Dask / jobs=2: {rates['Dask LocalCluster, 2 workers'] / rates['--jobs 2']:.2f}")
+
+
+def _load() -> str:
+    """The load average over 1, 5 and 15 minutes, the conditions a speed figure was made in."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)"
 
 
 def _check_cost(tmp, jupyter) -> None:

@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..checks.core import exception_line
-from .grade import NOT_SANDBOXED, Options, Row, _digest
-from .store import Store, sqlite_url, write_files
+from .grade import NOT_SANDBOXED, Options, Row
+from .store import Store, export, sqlite_url, write_files  # noqa: F401 (export: re-exported)
+from .store import register_chapter as _register
+from .store import row_of as _row
 
 
 @dataclass
@@ -216,7 +218,7 @@ class Engine:
             with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                                   "distributed.scheduler.worker-saturation": 1.0}):
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=50)
+                                       dashboard_address=None, silence_logs=40)
             return Client(cluster), n
         if n == 1:
             return None, 1  # one at a time: in this process, no pool to start
@@ -290,31 +292,6 @@ def grade_cohort(path: Path, root: Path, options: Options, assignment: str | Non
     return rows
 
 
-def _register(store: Store, root: Path, options: Options, assignment: str, last_line) -> str:
-    """The chapter's cells in the gradebook (once per version of its source), under a claim."""
-    from nbgrader.apps import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
-
-    from .course import nbgrader_config
-
-    digest = _digest(root / "solutions" / assignment)
-    store.wait_claim("register", assignment)
-    try:
-        if store.source_digest(assignment) != digest:
-            cfg = nbgrader_config(root, options.course_dir)
-            cfg.CourseDirectory.db_url = store.url
-            api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
-            with tempfile.TemporaryDirectory(prefix="llmc-release-") as tmp:
-                api.coursedir.release_directory = tmp
-                result = api.generate_assignment(assignment, force=True, create=True)
-            if not result["success"]:
-                raise RuntimeError(f"could not register {assignment} in the gradebook: {last_line(result)}")
-            store.set_source_digest(assignment, digest)
-    finally:
-        store.release("register", assignment)
-    return digest
-
-
 def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None:
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -328,6 +305,7 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
     t0 = time.perf_counter()
 
     def settle(job, result):
+        w = time.perf_counter()
         store.commit(result)
         write_files(options.course_dir, result.files)
         store.release(job.student, job.assignment)
@@ -337,6 +315,7 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
             stats["phases"].setdefault(phase, []).append(s)
         for r in result.rows:
             log(f"graded {r['student']}/{r['assignment']}/{r['notebook']}: {r['score']:g}/{r['max_score']:g}")
+        stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
         if bar:
             bar.update(stats, len(pending))
 
@@ -368,19 +347,14 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
                 line = (WORKER_DIED if type(exc).__name__ == "KilledWorker"
                         else f"grader error: {exception_line(exc)}")
                 result = _failed(job, root, line)
-            w = time.perf_counter()
             settle(job, result)
-            stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
         return broken
 
     try:
         if pool is None:
             for job in queue:
                 if claim(job):
-                    result = grade_job(job, str(root), options, seed)
-                    w = time.perf_counter()
-                    settle(job, result)
-                    stats["phases"].setdefault("gradebook write", []).append(time.perf_counter() - w)
+                    settle(job, grade_job(job, str(root), options, seed))
             return
         dask = bool(engine.dask or engine.scheduler)
         ready: list[Job] = []  # claimed, not running yet
@@ -468,20 +442,3 @@ class _Bar:
 
     def close(self):
         self.progress.stop()
-
-
-def _row(d: dict) -> Row:
-    from .grade import CellScore
-
-    d = dict(d)
-    d["cells"] = [CellScore(**c) for c in d.get("cells", [])]
-    return Row(**d)
-
-
-def export(course_dir: Path, db_url: str | None = None, assignment: str | None = None) -> list[Row]:
-    """Every learner's stored rows, for ``llmcourse export`` (CSV/JSON/HTML of a dead batch)."""
-    store = Store(db_url or sqlite_url(course_dir), course_dir)
-    try:
-        return [_row(r) for r in store.records(assignment)]
-    finally:
-        store.close()

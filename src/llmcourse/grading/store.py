@@ -7,6 +7,8 @@ either the old complete record or the new complete one, never half of each. A re
 learner whose record carries the digest of the same hand-in. Two graders on one gradebook
 claim each learner first (PostgreSQL: a session advisory lock; SQLite: an ``flock`` on a file
 next to the database); a claim dies with its process, so a killed grader blocks nobody.
+Also here: the chapter's registration in the gradebook (:func:`register_chapter`) and the
+rows of a dead batch rebuilt from the records (:func:`export`).
 """
 
 from __future__ import annotations
@@ -195,3 +197,47 @@ def write_files(course_dir: Path, files: dict[str, bytes]) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, dest)
+
+
+def row_of(d: dict):
+    """A stored row (a dict) as a :class:`.grade.Row`."""
+    from .grade import CellScore, Row
+
+    d = dict(d)
+    d["cells"] = [CellScore(**c) for c in d.get("cells", [])]
+    return Row(**d)
+
+
+def export(course_dir: Path, db_url: str | None = None, assignment: str | None = None) -> list:
+    """Every learner's stored rows, for ``llmcourse export`` (CSV/JSON/HTML of a dead batch)."""
+    store = Store(db_url or sqlite_url(course_dir), course_dir)
+    try:
+        return [row_of(r) for r in store.records(assignment)]
+    finally:
+        store.close()
+
+
+def register_chapter(store: Store, root: Path, options, assignment: str, last_line) -> str:
+    """The chapter's cells in the gradebook (once per version of its source), under a claim."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    from .course import nbgrader_config
+    from .grade import _digest
+
+    digest = _digest(root / "solutions" / assignment)
+    store.wait_claim("register", assignment)
+    try:
+        if store.source_digest(assignment) != digest:
+            cfg = nbgrader_config(root, options.course_dir)
+            cfg.CourseDirectory.db_url = store.url
+            api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
+            with tempfile.TemporaryDirectory(prefix="llmc-release-") as tmp:
+                api.coursedir.release_directory = tmp
+                result = api.generate_assignment(assignment, force=True, create=True)
+            if not result["success"]:
+                raise RuntimeError(f"could not register {assignment} in the gradebook: {last_line(result)}")
+            store.set_source_digest(assignment, digest)
+    finally:
+        store.release("register", assignment)
+    return digest
