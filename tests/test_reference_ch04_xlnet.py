@@ -197,3 +197,35 @@ def test_a_target_never_sees_its_own_token_nor_later_ones():
             earlier[0, z[0, t - 1]] = (ids[0, z[0, t - 1]] - 5 + 1) % 25 + 5
             out = model(earlier, perm_mask=perm_mask, target_mapping=mapping).logits
             assert (out[0, k] - base[0, k]).abs().max() > 1e-3
+
+
+# --- the checks accept other correct answers -------------------------------------------------
+
+def _masks_argsort(z):
+    rank = z.argsort(dim=-1)  # the inverse of a permutation is its argsort
+    return rank[..., None, :] <= rank[..., :, None], rank[..., None, :] < rank[..., :, None]
+
+
+def _masks_loop(z):
+    batched = z.dim() == 2
+    zs = z if batched else z[None]
+    out = [masks_by_loop(row.tolist(), len(row))[:2] for row in zs]
+    content, query = torch.stack([c for c, _ in out]), torch.stack([q for _, q in out])
+    return (content, query) if batched else (content[0], query[0])
+
+
+def _partial_loop(z, num_predict):
+    batched = z.dim() == 2
+    zs = z if batched else z[None]
+    out = [masks_by_loop(row.tolist(), num_predict) for row in zs]
+    parts = [torch.stack([o[k] for o in out]) for k in range(3)]
+    return tuple(parts) if batched else tuple(p[0] for p in parts)
+
+
+@pytest.mark.parametrize("exid,fn", [("04.xlnet_masks", _masks_argsort), ("04.xlnet_masks", _masks_loop),
+                                     ("04.xlnet_partial", _partial_loop)])
+def test_other_correct_answers_pass(exid, fn):
+    from llmcourse.checks import get, run
+
+    assert run(get(exid), fn).status == "pass"
+    assert run(get(exid), fn, seed=5, hidden=True).status == "pass"
