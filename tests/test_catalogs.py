@@ -11,7 +11,8 @@ import pytest
 from llmcourse.checks import CHAPTERS, all_exercises, run
 from llmcourse.grading import codec
 
-EXERCISES = all_exercises()
+# Challenges are graded by outcome, not by equality: tests/test_challenges.py holds their rails.
+EXERCISES = [e for e in all_exercises() if getattr(e, "kind", "") != "challenge"]
 
 
 def ids(e):

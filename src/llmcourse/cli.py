@@ -79,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
                    "postgresql://user@host/gradebook (default: sqlite in the course folder)")
     g.add_argument("--html", type=Path, help="write the instructor report (score histograms, "
                    "most common mistakes) as HTML to this file")
+    g.add_argument("--leaderboard", type=Path, help="write the challenge leaderboard (figures ranked, "
+                   "the floor drawn) as HTML to this file")
+    g.add_argument("--hash-ids", action="store_true", help="the leaderboard shows aliases, not learner "
+                   "ids (an HMAC with the salt in $LLMCOURSE_LEADERBOARD_SALT, else a random one; "
+                   "the aliases are written to FILE.aliases.csv for the instructor)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--regrade", action="store_true", help="grade every hand-in again, also those "
                    "the gradebook already holds a complete result for (default: keep them)")
@@ -139,8 +144,10 @@ def _grade(args) -> int:
     from .grading.grade import Options, clean_rows
 
     root = _root()
-    for out in (args.json, args.csv, args.html):
+    for out in (args.json, args.csv, args.html, args.leaderboard):
         _writable(out)
+    if args.hash_ids and not args.leaderboard:
+        raise Failure("--hash-ids needs --leaderboard FILE")
     if args.scheduler and not args.scheduler.startswith(("tcp://", "tls://", "ucx://")):
         raise Failure(f"--scheduler must be an address like tcp://host:8786, not {args.scheduler!r}")
     if not args.path.exists():
@@ -166,7 +173,25 @@ def _grade(args) -> int:
     clean_rows(rows)
     _table(rows)
     _write(rows, args.json, args.csv, args.html)
+    if args.leaderboard:
+        _leaderboard(rows, args.leaderboard, args.hash_ids)
     return 0
+
+
+def _leaderboard(rows, path: Path, hash_ids: bool) -> None:
+    import csv
+    import secrets
+
+    from .grading.leaderboard import alias, leaderboard_html
+
+    salt = os.environ.get("LLMCOURSE_LEADERBOARD_SALT") or secrets.token_hex(16)
+    path.write_text(leaderboard_html(rows, hash_ids, salt), encoding="utf-8")
+    if hash_ids:
+        with open(f"{path}.aliases.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["student", "alias"])
+            for s in sorted({r.student for r in rows}):
+                w.writerow([s, alias(s, salt)])
 
 
 def _write(rows, json_path, csv_path, html_path) -> None:

@@ -297,6 +297,8 @@ def _settle(cell: CellContext) -> CellScore:
             notes.append(f"{exid}: {v.message}")
         if v is not None and v.figure is not None:
             figures[exid] = {"figure": v.figure, "floor": v.floor, "credit": v.credit,
+                             "unit": v.unit, "lower_is_better": v.lower_is_better,
+                             "limits": [list(x) for x in v.limits],
                              "message": v.message}
     auto = float(grade.auto_score or 0.0)
     final = 0.0 if reasons else round(min(auto, gc.points) * credit, 4)

@@ -151,6 +151,9 @@ class Verdict:
     credit: float = 1.0  # a challenge's band: the fraction of the points it earns
     figure: float | None = None  # a challenge's measured figure (for the leaderboard)
     floor: float | None = None
+    unit: str = ""
+    lower_is_better: bool = True
+    limits: tuple = ()  # a challenge's band limits on the figure's own scale: ((x, name), ...)
 
 
 def judge(expected: tuple[dict, dict], outputs_path: str, exercise_ids: list[str]) -> dict[str, Verdict]:
@@ -229,10 +232,12 @@ def _judge_challenge(exid, meta, ex_arrays, got_meta, got_arrays) -> Verdict:
             outputs.append(output_items(got_arrays, exid, ci, got["items"]))
         except (KeyError, TypeError, ValueError):
             return Verdict(False, f"hidden case {ci + 1}: malformed output", credit=0.0)
-    s = score(meta["challenge"], truths, outputs)
-    if s.credit <= 0:
-        return Verdict(False, s.message, credit=0.0, figure=s.figure, floor=s.floor)
-    return Verdict(True, s.message, credit=s.credit, figure=s.figure, floor=s.floor)
+    c = meta["challenge"]
+    s = score(c, truths, outputs)
+    shift = s.floor if (c["relative_to_floor"] and s.floor is not None) else 0.0
+    limits = tuple((float(lim) + shift, str(name)) for lim, _, name in c["bands"])
+    return Verdict(s.credit > 0, s.message, credit=s.credit, figure=s.figure, floor=s.floor,
+                   unit=c["unit"], lower_is_better=c["lower_is_better"], limits=limits)
 
 
 def _judge_one(exid, cases, ex_arrays, got_cases, got_arrays) -> Verdict:

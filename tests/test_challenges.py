@@ -1,0 +1,200 @@
+"""Rails for every challenge (outcome-graded exercise), and one challenge end to end.
+
+In-process, for every challenge: the instructor's solution reaches the top band on the public
+and on hidden cases; every cataloged weak attempt (uniform, unigram, ...) earns at most its
+stated credit; a stub is 'not implemented'; a figure is reproducible; a call over the time
+budget earns 0 with one line; the grader's measurement needs no torch. The metric is checked
+against closed forms. End to end (slow): the grader gives a weak attempt its partial band, an
+over-budget attempt 0 with one line, measures the same figure an independent run gets, and
+the leaderboard renders in a real browser with the floor drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llmcourse.checks import all_exercises, run
+from llmcourse.checks.challenge import Challenge, ChallengeError, cross_entropy_bits, score
+
+CHALLENGES = [e for e in all_exercises() if isinstance(e, Challenge)]
+
+
+def ids(e):
+    return e.id
+
+
+def test_every_challenge_is_complete():
+    assert CHALLENGES, "no challenge registered"
+    for ex in CHALLENGES:
+        meta = ex.describe()
+        json.dumps(meta)
+        assert ex.bands and ex.attempts and ex.budget_s > 0, ex.id
+        credits = [b.credit for b in ex.bands]
+        assert credits == sorted(credits, reverse=True) and credits[0] == 1.0, ex.id
+        limits = [b.limit for b in ex.bands]
+        assert limits == sorted(limits, reverse=not ex.lower_is_better), f"{ex.id}: bands best first"
+
+
+@pytest.mark.parametrize("ex", CHALLENGES, ids=ids)
+def test_solution_reaches_the_top_band(ex):
+    for seed, hidden in ((0, False), (987, True)):
+        r = run(ex, ex.reference, seed=seed, hidden=hidden)
+        assert r.status == "pass" and r.credit == 1.0, str(r)
+        assert r.seconds < ex.budget_s / 3, f"{ex.id}: the solution uses {r.seconds:.1f} s of {ex.budget_s}"
+
+
+@pytest.mark.parametrize("ex", CHALLENGES, ids=ids)
+def test_weak_attempts_stay_in_their_bands(ex):
+    for a in ex.attempts:
+        r = run(ex, a.impl, hidden=True, seed=987)
+        assert r.score is not None and r.credit <= a.credit, f"{ex.id}: {a.name} earns {r.credit}: {r}"
+        assert r.score.band in str(r)
+        if a.credit == 0:
+            assert r.status == "fail" and str(r).startswith("FAIL"), str(r)
+    assert any(a.credit == 0 for a in ex.attempts), f"{ex.id}: no attempt in the bottom band"
+
+
+@pytest.mark.parametrize("ex", CHALLENGES, ids=ids)
+def test_stub_is_not_implemented_and_figures_repeat(ex):
+    ns = {}
+    exec("def stub(*args, **kwargs):\n    raise NotImplementedError()", ns)
+    r = run(ex, ns["stub"])
+    assert r.status == "not implemented" and "not implemented yet" in str(r)
+    a = ex.attempts[-1]
+    assert run(ex, a.impl).score.figure == run(ex, a.impl).score.figure
+
+
+@pytest.mark.parametrize("ex", CHALLENGES, ids=ids)
+def test_over_budget_scores_zero_with_one_line(ex, monkeypatch):
+    monkeypatch.setattr(type(ex), "budget_s", 0)
+    r = run(ex, ex.attempts[-1].impl)
+    assert r.status == "fail" and r.credit == 0
+    assert "over the time budget" in str(r) and "OVER BUDGET" in str(r)
+
+
+def test_cross_entropy_bits_against_closed_forms():
+    p = np.array([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    item = lambda a: [("output", a, "torch.float64")]  # noqa: E731
+    fig, floor = cross_entropy_bits(item(p), item(np.log(np.full((2, 4), 0.25))))
+    assert fig == pytest.approx(2.0) and floor == pytest.approx(0.5)  # H(uniform4)=2; H=(1+0)/2
+    q = np.log(np.where(p > 0, p, 1e-300) / np.where(p > 0, p, 1e-300).sum(1, keepdims=True))
+    fig, floor = cross_entropy_bits(item(p), item(q))
+    assert fig == pytest.approx(floor, abs=1e-9)  # q = p reaches the floor
+    with pytest.raises(ChallengeError, match="not a distribution"):
+        cross_entropy_bits(item(p), item(np.zeros((2, 4))))
+    with pytest.raises(ChallengeError, match="shape"):
+        cross_entropy_bits(item(p), item(np.zeros((3, 4))))
+    with pytest.raises(ChallengeError, match="nan"):
+        cross_entropy_bits(item(p), item(np.full((2, 4), np.nan)))
+    with np.errstate(divide="ignore"):
+        zero_on_support = np.log(np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]))
+    assert math.isinf(cross_entropy_bits(item(p), item(zero_on_support))[0])
+
+
+def test_the_grader_measures_without_torch():
+    """The measurement runs in the grader's own process, which never imports torch."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np\n"
+            "from llmcourse.checks.challenge import score\n"
+            "meta = {'metric': 'cross_entropy_bits', 'unit': 'bits', 'lower_is_better': True,"
+            " 'relative_to_floor': True, 'budget_s': 1, 'bands': [[0.5, 1.0, 'A']]}\n"
+            "p = np.full((3, 4), 0.25)\n"
+            "s = score(meta, [[('o', p, 'torch.float64')]], [[('o', np.log(p), 'torch.float64')]])\n"
+            "print(s.credit, s.band)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["1.0", "A"], out.stderr[-2000:]
+
+
+def test_unmeasurable_output_earns_nothing_and_says_why():
+    meta = CHALLENGES[0].describe()
+    p = np.full((2, 256), 1 / 256)
+    s = score(meta, [[("o", p, "torch.float64")]], ["TypeError: boom"])
+    assert s.credit == 0 and "raised TypeError: boom" in s.message
+    s = score(meta, [[("o", p, "torch.float64")]], [[("o", np.zeros((2, 256)), "torch.float64")]])
+    assert s.credit == 0 and "not a distribution" in s.message
+
+
+def _answer(nb: dict, old: str, new: str) -> dict:
+    from conftest import nbgrader_meta
+
+    cell = next(c for c in nb["cells"] if nbgrader_meta(c).get("grade_id") == "fit_and_predict")
+    assert old in cell["source"]
+    cell["source"] = cell["source"].replace(old, new)
+    return nb
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("challenges")
+def test_graded_end_to_end_with_a_leaderboard(tmp_path):
+    """Chapter 01's challenge through `llmcourse grade` (sandboxed): a weaker model gets its
+    band's share of the points and the same figure an independent in-process run measures on
+    the same hidden cases; a run over the time budget gets 0 with one line; the leaderboard
+    ranks them, hashes ids on request and renders in Chromium with the floor drawn. (The
+    solution's full marks and the stub's zero are proven by test_grading.py.)"""
+    from conftest import filled_student_notebook, grade, save
+
+    from llmcourse.checks import get
+    from llmcourse.grading.verify import case_seed
+
+    ch, name, exid = "01-language-models", "challenge", "01.next_char"
+    weak = _answer(filled_student_notebook(ch, name), "order, beta, vocab = 8, 2.5, 256",
+                   "order, beta, vocab = 3, 2.5, 256")
+    slow = _answer(filled_student_notebook(ch, name), "    return out",
+                   "    if len(contexts) > 1000:  # the hidden cases only\n"
+                   "        time.sleep(10_000)\n    return out")
+    save(tmp_path / "subs" / "weak" / f"{name}.ipynb", weak)
+    save(tmp_path / "subs" / "slow" / f"{name}.ipynb", slow)
+    board = tmp_path / "board.html"
+    proc, rows = grade(tmp_path / "subs", tmp_path / "course", "--assignment", ch, "--no-feedback",
+                       "--timeout", "120", "--jobs", "2", "--leaderboard", board, "--hash-ids")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by = {(r["student"], r["notebook"]): r for r in rows}
+    cell = by[("weak", name)]["cells"][0]
+    assert cell["points"] == pytest.approx(0.5 * cell["max_points"]), cell
+    assert "band 'C', 50% of the points" in cell["reason"]
+    # the grader's figure = an independent run of the same code on the same hidden cases
+    from llmcourse.reference.char_model import fit_and_predict
+
+    ex = get(exid)
+    mine = run(ex, lambda t, c: fit_and_predict(t, c, order=3), seed=case_seed(1234, exid), hidden=True)
+    assert cell["figures"][exid]["figure"] == pytest.approx(mine.score.figure, abs=1e-9)
+    slow_cell = by[("slow", name)]["cells"][0]
+    assert slow_cell["points"] == 0 and f"within its {ex.budget_s} s budget" in slow_cell["reason"]
+    # the leaderboard: one bar (the slow learner has no figure), aliases, the floor
+    html = board.read_text()
+    assert "weak" not in html and "learner-" in html and "1 more learner(s)" in html
+    aliases = (tmp_path / "board.html.aliases.csv").read_text()
+    assert "weak,learner-" in aliases and "slow,learner-" in aliases
+    _board_in_browser(board, bars=1)
+
+
+def _board_in_browser(board, bars: int) -> None:
+    import asyncio
+
+    from test_browser import CHROMIUM_ARGS, browser_or_skip
+
+    exe = browser_or_skip()
+
+    async def look():
+        from playwright.async_api import async_playwright
+
+        async with async_playwright() as pw:
+            b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+            page = await b.new_page(viewport={"width": 1000, "height": 600})
+            await page.goto(board.as_uri())
+            found = await page.evaluate(
+                "() => ({bars: [...document.querySelectorAll('svg rect.bar')].map(r => r.getBoundingClientRect().width),"
+                " floor: document.querySelectorAll('svg line.floor').length,"
+                " label: document.querySelector('svg').textContent})")
+            await b.close()
+            return found
+
+    found = asyncio.run(look())
+    assert len(found["bars"]) == bars and all(w > 1 for w in found["bars"]), found
+    assert found["floor"] == 1 and "nobody can pass it" in found["label"], found
