@@ -5,6 +5,7 @@ also when the grader runs as root."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import pytest
@@ -106,3 +107,31 @@ def test_fork_bomb_is_held_and_the_batch_finishes(tmp_path):
     assert _runners(str(tmp_path)) == []
     left = subprocess.run(["ps", "-eo", "pid,ppid,stat,comm"], capture_output=True, text=True).stdout
     assert len(left.splitlines()) < 400, "processes left behind"
+
+
+FORKS = ("import os, time\nn = 0\ntry:\n    for _ in range(300):\n        if os.fork() == 0:\n"
+         "            time.sleep(2)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"
+         "print(os.getuid(), n)\n")
+
+
+def test_process_limit_holds_in_the_sandbox_without_a_cgroup(tmp_path):
+    """RLIMIT_NPROC alone (no pids cgroup) stops a fork flood inside the sandbox, also when
+    the grader is root: there the sandbox runs as a real throwaway uid, not as root."""
+    from llmcourse.grading import sandbox
+
+    _need_sandbox()
+    script = tmp_path / "forks.py"
+    script.write_text(FORKS)
+    script.chmod(0o644)
+    tmp_path.chmod(0o755)
+    limits = sandbox.Limits(nproc=20)
+    uid = sandbox.ROOT_MODE_UIDS[0] + 7 if sandbox.root_mode() else None
+    tail = sandbox._drop(uid) if uid is not None else [sys.executable]
+    cmd = [sandbox.bwrap(), *sandbox._namespaces(), *sandbox._system_binds(),
+           *sandbox._parents(["/job/forks.py"]), "--ro-bind", str(script), "/job/forks.py",
+           "--die-with-parent", "--new-session", *tail, "/job/forks.py"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       preexec_fn=sandbox._child_setup(limits, None, uid))
+    assert p.returncode == 0, p.stderr[-2000:]
+    who, forked = map(int, p.stdout.split())
+    assert who != 0 and forked <= limits.nproc, p.stdout

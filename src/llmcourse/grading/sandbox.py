@@ -40,6 +40,12 @@ from .protocol import (SANDBOX_INPUTS_DIR, SANDBOX_JOB_IN, SANDBOX_JOB_OUT, SAND
                        JobDir)
 
 SANDBOX_UID = 65534
+# When the grader runs as root, the sandbox's processes get a REAL unprivileged uid of their
+# own (one per job, in a range no account uses): the kernel does not apply RLIMIT_NPROC to
+# root - not even to root mapped to another uid in a user namespace - so there bwrap sets up
+# the namespaces as root (no user namespace needed) and the runner drops to that uid before
+# anything else runs.
+ROOT_MODE_UIDS = (1_900_000_000, 10_000_000)  # first uid, how many
 NO_SANDBOX = ("no sandbox available: {why}. Install bubblewrap (`apt-get install bubblewrap`) "
               "or pass --unsafe-no-sandbox to grade trusted work without one")
 
@@ -62,9 +68,22 @@ class Limits:
     wall: int = 900  # seconds for the whole run
 
 
-def _my_processes() -> int:
-    """Processes of this uid now (RLIMIT_NPROC counts them all, not just the sandbox's)."""
-    uid, n = os.getuid(), 0
+def root_mode() -> bool:
+    """Whether sandboxes drop to a real throwaway uid (the grader is root; set
+    LLMCOURSE_SANDBOX_USERNS=1 to use a user namespace instead)."""
+    return os.geteuid() == 0 and os.environ.get("LLMCOURSE_SANDBOX_USERNS", "") in ("", "0")
+
+
+def job_uid(job: JobDir) -> int:
+    import zlib
+
+    first, count = ROOT_MODE_UIDS
+    return first + zlib.crc32(str(job.root).encode()) % count
+
+
+def _my_processes(uid: int | None = None) -> int:
+    """Processes of ``uid`` now (RLIMIT_NPROC counts them all, not just the sandbox's)."""
+    uid, n = os.getuid() if uid is None else uid, 0
     for pid in os.listdir("/proc"):
         try:
             n += pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid
@@ -105,12 +124,13 @@ def probe() -> tuple[bool, str]:
             _PROBE = (False, "bubblewrap (bwrap) is not installed")
         else:
             try:
-                p = subprocess.run([exe, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID),
-                                    "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
-                                    "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-                                    "--die-with-parent", "--new-session", "id", "-u"],
+                uid = ROOT_MODE_UIDS[0] if root_mode() else SANDBOX_UID
+                tail = (_drop(uid) + ["-c", "import os; print(os.getuid())"] if root_mode()
+                        else ["id", "-u"])
+                p = subprocess.run([exe, *_namespaces(), *_system_binds(), "--die-with-parent",
+                                    "--new-session", *tail],
                                    capture_output=True, text=True, timeout=30)
-                if p.returncode == 0 and p.stdout.strip() == str(SANDBOX_UID):
+                if p.returncode == 0 and p.stdout.strip() == str(uid):
                     v = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
                     _PROBE = (True, v.strip() or "bwrap")
                 else:
@@ -121,6 +141,27 @@ def probe() -> tuple[bool, str]:
     return _PROBE
 
 
+def _namespaces() -> list[str]:
+    """Own PID, mount, network, IPC, UTS (and cgroup) namespaces; a user namespace with the
+    throwaway uid 65534 - or, as root, none (the uid is dropped inside: :func:`_drop`)."""
+    if root_mode():
+        return ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
+                "--cap-add", "CAP_SETGID"]
+    return ["--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--cap-drop", "ALL"]
+
+
+DROP = ("import ctypes, os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setgid(u); "
+        "os.setuid(u); ctypes.CDLL(None).prctl(38, 1, 0, 0, 0); "  # PR_SET_NO_NEW_PRIVS
+        "os.execv(sys.executable, sys.argv[2:])")
+
+
+def _drop(uid: int) -> list[str]:
+    """The command prefix that becomes ``uid`` (all capabilities gone) and runs the rest."""
+    return [sys.executable, "-c", DROP, str(uid), sys.executable]
+
+
 def _python_roots() -> list[str]:
     """The read-only folders the interpreter and its packages live in."""
     roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix,
@@ -128,26 +169,43 @@ def _python_roots() -> list[str]:
     return sorted(r for r in roots if not r.startswith("/usr/") and r != "/usr")
 
 
-def command(job: JobDir, library: Path, inputs_dir: Path, limits: Limits) -> list[str]:
-    python = sys.executable
-    cmd = [bwrap(), "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID),
-           "--gid", str(SANDBOX_UID), "--cap-drop", "ALL", "--die-with-parent", "--new-session",
-           "--hostname", "sandbox", "--clearenv",
-           "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+def _system_binds() -> list[str]:
+    """/usr, /proc, /dev, the /bin-like links and the interpreter's folders, read-only."""
+    cmd = ["--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
     for name in ("bin", "lib", "lib64", "sbin"):
         target = os.path.join("/", name)
         if os.path.islink(target):
             cmd += ["--symlink", os.readlink(target), target]
         elif os.path.isdir(target):
             cmd += ["--ro-bind", target, target]
-    for root in _python_roots():
-        cmd += ["--ro-bind", root, root]
+    return cmd + _parents(_python_roots()) + [a for r in _python_roots() for a in ("--ro-bind", r, r)]
+
+
+def _parents(paths) -> list[str]:
+    """Folders above bind targets, made world-readable (bwrap run by root makes them 0700,
+    which the throwaway uid could not enter)."""
+    out, seen = [], {"/", "/usr", "/proc", "/dev", "/tmp"}
+    for path in paths:
+        parts = Path(path).parts
+        for i in range(2, len(parts)):
+            d = str(Path(*parts[:i]))
+            if d not in seen:
+                seen.add(d)
+                out += ["--perms", "0755", "--dir", d]
+    return out
+
+
+def command(job: JobDir, library: Path, inputs_dir: Path, limits: Limits) -> list[str]:
+    python = sys.executable
+    cmd = [bwrap(), *_namespaces(), "--die-with-parent", "--new-session",
+           "--hostname", "sandbox", "--clearenv", *_system_binds()]
+    cmd += _parents([SANDBOX_LIBRARY, SANDBOX_INPUTS_DIR, SANDBOX_JOB_IN, SANDBOX_JOB_OUT])
     cmd += ["--ro-bind", str(library), SANDBOX_LIBRARY,
             "--ro-bind", str(inputs_dir), SANDBOX_INPUTS_DIR,
             "--ro-bind", str(job.inbox), SANDBOX_JOB_IN,
             "--bind", str(job.outbox), SANDBOX_JOB_OUT,
-            "--size", str(limits.tmp), "--tmpfs", "/tmp",
-            "--dir", "/tmp/work", "--chdir", "/tmp/work"]
+            "--size", str(limits.tmp), "--perms", "1777", "--tmpfs", "/tmp",
+            "--perms", "0777", "--dir", "/tmp/work", "--chdir", "/tmp/work"]
     env = {"HOME": "/tmp", "PATH": f"{os.path.dirname(python)}:/usr/bin:/bin",
            "PYTHONPATH": SANDBOX_LIBRARY, "PYTHONDONTWRITEBYTECODE": "1",
            "JUPYTER_RUNTIME_DIR": "/tmp/.jupyter", "IPYTHONDIR": "/tmp/.ipython",
@@ -158,7 +216,10 @@ def command(job: JobDir, library: Path, inputs_dir: Path, limits: Limits) -> lis
             env[k] = os.environ[k]
     for k, v in env.items():
         cmd += ["--setenv", k, v]
-    return cmd + ["--", python, "-m", "llmcourse.grading.runner", SANDBOX_JOB_IN, SANDBOX_JOB_OUT]
+    runner = ["-m", "llmcourse.grading.runner", SANDBOX_JOB_IN, SANDBOX_JOB_OUT]
+    if root_mode():
+        return cmd + ["--", *_drop(job_uid(job)), *runner]
+    return cmd + ["--", python, *runner]
 
 
 def _pids_cgroup(limit: int) -> str | None:
@@ -182,8 +243,8 @@ def _pids_cgroup(limit: int) -> str | None:
     return None
 
 
-def _child_setup(limits: Limits, cgroup: str | None):
-    base = _my_processes()
+def _child_setup(limits: Limits, cgroup: str | None, uid: int | None = None):
+    base = _my_processes(uid)
 
     def setup():
         if cgroup:
@@ -231,12 +292,16 @@ def run_job(job: JobDir, library: Path, inputs_dir: Path, limits: Limits,
         kw = {"env": env, "cwd": str(job.outbox)}
     else:
         cmd, kw = command(job, library, inputs_dir, limits), {"env": {}}
+    uid = None
+    if not unsafe and root_mode():  # the sandbox's own uid writes its out/ folder only
+        uid = job_uid(job)
+        os.chown(job.outbox, uid, uid)
     cgroup = _pids_cgroup(limits.nproc)
     log = job.root / "stderr.log"  # written by the sandbox: capped by RLIMIT_FSIZE
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, start_new_session=True,
-                                preexec_fn=_child_setup(limits, cgroup), **kw)
+                                preexec_fn=_child_setup(limits, cgroup, uid), **kw)
     note = ""
     try:
         proc.wait(timeout=limits.wall)
