@@ -3,19 +3,23 @@
 :func:`run_job` starts ``bwrap`` around :mod:`.runner` (which starts the kernel inside the
 same sandbox), with:
 
-* ``--unshare-all`` + ``--unshare-user``: own user, PID, mount, network, IPC, UTS and
-  cgroup namespaces - no network at all (only a loopback of its own), no view of the
-  grader's processes, ``/proc`` entries, file descriptors or sockets;
-* a throwaway uid/gid 65534 inside, ``--cap-drop ALL``, ``--new-session`` (no terminal
-  injection), ``--die-with-parent``, ``--clearenv`` with a short, fixed environment;
+* own PID, mount, network, IPC, UTS and cgroup namespaces - no network at all (only a
+  loopback of its own), no view of the grader's processes, ``/proc`` entries, file
+  descriptors or sockets;
+* a throwaway unprivileged uid: as an ordinary user, 65534 in a user namespace of its own;
+  as ROOT, a real uid of its own per job (:func:`job_uid`, no account has it): bwrap makes
+  the namespaces as root and the first process drops to that uid with no capabilities and
+  no-new-privs before anything else runs (the kernel never applies RLIMIT_NPROC to root,
+  not even to root mapped to 65534 in a user namespace; and as root no user namespace is
+  needed at all); ``--cap-drop ALL``, ``--new-session`` (no terminal injection),
+  ``--die-with-parent``, ``--clearenv`` with a short, fixed environment;
 * a read-only root that holds only ``/usr``, the Python install, the virtual
   environment's packages and the LEARNER BUILD of the library at ``/opt/llmcourse``
   (:mod:`.learner`); one read-only folder with the hidden inputs, the job's read-only
   ``in/`` and writable ``out/``; a private, size-capped ``/tmp`` (the working folder);
 * rlimits set before ``bwrap`` starts and inherited by everything inside: address space,
   CPU time, file size, no core dumps, processes (RLIMIT_NPROC; also a pids cgroup where the
-  grader may make one, because the kernel does not count processes of a uid mapped to
-  root);
+  grader may make one: exact per job);
 * the whole tree killed at the end: the sandbox's PID 1 dies with ``bwrap``, and with it
   every process inside, daemons included.
 
