@@ -97,6 +97,27 @@ def test_cross_entropy_bits_against_closed_forms():
     assert math.isinf(cross_entropy_bits(item(p), item(zero_on_support))[0])
 
 
+def test_other_metrics_against_closed_forms():
+    from llmcourse.checks.challenge import (abs_log_error, accuracy, expected_calibration_error,
+                                            relative_error)
+
+    item = lambda a: [("output", np.asarray(a, dtype=np.float64), "torch.float64")]  # noqa: E731
+    assert relative_error(item([[2.0, -4.0]]), item([[2.0, -3.0]]))[0] == pytest.approx(0.25)
+    assert math.isinf(relative_error(item([1.0]), item([np.nan]))[0])
+    with pytest.raises(ChallengeError, match="shapes"):
+        relative_error(item([1.0, 2.0]), item([1.0]))
+    assert accuracy(item([0, 1, 2, 1]), item([0, 1, 1, 1]))[0] == pytest.approx(0.75)
+    assert accuracy(item([0, 1]), item([[2.0, 1.0], [0.0, 3.0]]))[0] == 1.0
+    assert abs_log_error(item([1.0, 4.0]), item([math.e, 4.0]))[0] == pytest.approx(0.5)
+    with pytest.raises(ChallengeError, match="positive"):
+        abs_log_error(item([1.0]), item([-1.0]))
+    # two examples at confidence 0.9 (bin 13), one right: |0.5 - 0.9| = 0.4
+    probs = [[0.9, 0.1], [0.9, 0.1]]
+    assert expected_calibration_error(item([0, 1]), item(probs))[0] == pytest.approx(0.4)
+    with pytest.raises(ChallengeError, match="sum to 1"):
+        expected_calibration_error(item([0]), item([[0.5, 0.6]]))
+
+
 def test_the_grader_measures_without_torch():
     """The measurement runs in the grader's own process, which never imports torch."""
     code = ("import sys; sys.modules['torch'] = None\n"

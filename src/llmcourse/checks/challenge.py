@@ -137,8 +137,81 @@ def _entropy_bits(p: np.ndarray) -> float:
     return float(h.mean())
 
 
+def _arrays(items: list[Item]) -> list[np.ndarray]:
+    return [np.asarray(a, dtype=np.float64) for _, a, _ in items if a is not None]
+
+
+def relative_error(truth: list[Item], got: list[Item]) -> tuple[float, None]:
+    """max |got - truth| / max |truth| over every array of the output (same structure as
+    the truth: e.g. logits, or (logits, cache)); +inf for nan/inf where the truth is finite."""
+    ts, gs = _arrays(truth), _arrays(got)
+    if len(ts) != len(gs) or any(t.shape != g.shape for t, g in zip(ts, gs)):
+        raise ChallengeError(f"expected arrays of shapes {[tuple(t.shape) for t in ts]}, got "
+                             f"{[tuple(g.shape) for g in gs]}")
+    worst = 0.0
+    for t, g in zip(ts, gs):
+        scale = max(float(np.abs(t).max(initial=0.0)), 1e-30)
+        with np.errstate(all="ignore"):
+            err = np.abs(g - t)
+        if not np.isfinite(err).all():
+            return math.inf, None
+        worst = max(worst, float(err.max(initial=0.0)) / scale)
+    return worst, None
+
+
+def accuracy(truth: list[Item], got: list[Item]) -> tuple[float, None]:
+    """Fraction of correct labels: the truth holds labels (N,); the output labels (N,) or
+    scores (N, C) whose argmax is the label. Higher is better."""
+    y = _array(truth, "the labels", 1)
+    arrays = _arrays(got)
+    if len(arrays) != 1 or arrays[0].ndim not in (1, 2) or arrays[0].shape[0] != y.shape[0]:
+        raise ChallengeError(f"expected {y.shape[0]} labels (N,) or scores (N, C), got "
+                             f"{[tuple(a.shape) for a in arrays] or 'no tensor'}")
+    a = arrays[0]
+    if not np.isfinite(a).all():
+        raise ChallengeError("the output holds nan or inf")
+    pred = a.argmax(axis=1) if a.ndim == 2 else a
+    return float((pred == y).mean()), None
+
+
+def abs_log_error(truth: list[Item], got: list[Item]) -> tuple[float, None]:
+    """Mean |log(got / truth)| of positive predictions (e.g. losses); lower is better."""
+    t = np.concatenate([a.ravel() for a in _arrays(truth)])
+    arrays = _arrays(got)
+    g = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0)
+    if g.shape != t.shape:
+        raise ChallengeError(f"expected {t.size} numbers, got {g.size}")
+    if not (np.isfinite(g).all() and (g > 0).all()):
+        raise ChallengeError("every prediction must be a positive finite number")
+    return float(np.abs(np.log(g / t)).mean()), None
+
+
+def expected_calibration_error(truth: list[Item], got: list[Item]) -> tuple[float, None]:
+    """ECE with 15 equal-width bins of the top probability: sum_b (n_b / N) |acc_b - conf_b|.
+    The truth holds labels (N,); the output probabilities (N, C), rows summing to 1."""
+    y = _array(truth, "the labels", 1).astype(np.int64)
+    p = _array(got, f"probabilities of shape ({y.shape[0]}, C)", 2)
+    if p.shape[0] != y.shape[0] or not np.isfinite(p).all() or (p < 0).any():
+        raise ChallengeError(f"expected finite probabilities of shape ({y.shape[0]}, C), got "
+                             f"{tuple(p.shape)}")
+    if (np.abs(p.sum(axis=1) - 1) > 1e-3).any():
+        raise ChallengeError("each row must be probabilities that sum to 1")
+    conf, pred = p.max(axis=1), p.argmax(axis=1)
+    bins = np.minimum((conf * 15).astype(np.int64), 14)
+    ece = 0.0
+    for b in range(15):
+        m = bins == b
+        if m.any():
+            ece += m.mean() * abs(float((pred[m] == y[m]).mean()) - float(conf[m].mean()))
+    return float(ece), None
+
+
 METRICS: dict[str, Callable[[list[Item], list[Item]], tuple[float, float | None]]] = {
     "cross_entropy_bits": cross_entropy_bits,
+    "relative_error": relative_error,
+    "accuracy": accuracy,
+    "abs_log_error": abs_log_error,
+    "expected_calibration_error": expected_calibration_error,
 }
 
 
