@@ -111,12 +111,13 @@ def test_fork_bomb_is_held_and_the_batch_finishes(tmp_path):
 
 FORKS = ("import os, time\nn = 0\ntry:\n    for _ in range(300):\n        if os.fork() == 0:\n"
          "            time.sleep(2)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"
-         "print(os.getuid(), n)\n")
+         "print(os.getuid(), n)\nprint(open('/proc/self/uid_map').read().split())\n")
 
 
 def test_process_limit_holds_in_the_sandbox_without_a_cgroup(tmp_path):
     """RLIMIT_NPROC alone (no pids cgroup) stops a fork flood inside the sandbox, also when
-    the grader is root: there the sandbox runs as a real throwaway uid, not as root."""
+    the grader is root: there the sandbox runs as a real throwaway uid, not as root, and in
+    the initial user namespace (none is made, so disabled user namespaces do not matter)."""
     from llmcourse.grading import sandbox
 
     _need_sandbox()
@@ -133,5 +134,8 @@ def test_process_limit_holds_in_the_sandbox_without_a_cgroup(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                        preexec_fn=sandbox._child_setup(limits, None, uid))
     assert p.returncode == 0, p.stderr[-2000:]
-    who, forked = map(int, p.stdout.split())
+    first, uid_map = p.stdout.splitlines()[:2]
+    who, forked = map(int, first.split())
     assert who != 0 and forked <= limits.nproc, p.stdout
+    if uid is not None:  # as root: no user namespace at all (works where they are disabled)
+        assert eval(uid_map) == ["0", "0", "4294967295"], uid_map
