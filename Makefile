@@ -40,7 +40,7 @@ book: vendor
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
 
 test: vendor sandbox
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=40
 
 # The same, with every cataloged mistake graded end to end through nbgrader (slower).
 test-all: vendor sandbox

@@ -24,7 +24,7 @@ CHAPTERS = chapter_names()
 # End to end, the first PACKS mistakes of every exercise go through nbgrader (each pack is
 # one notebook run); LLMCOURSE_E2E_PACKS=0 runs them all. Every mistake of every exercise is
 # proven to fail and be named in-process by tests/test_catalogs.py, through the same check.
-PACKS = int(os.environ.get("LLMCOURSE_E2E_PACKS", "2"))
+PACKS = int(os.environ.get("LLMCOURSE_E2E_PACKS", "1"))
 INDEX = SourceIndex(ROOT)
 
 
