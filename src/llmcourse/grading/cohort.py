@@ -67,9 +67,9 @@ def job_digest(sub, source_digest: str, options: Options) -> str:
     return h.hexdigest()
 
 
-WORKER_DIED = ("grader error: the grading worker died while grading this hand-in, twice "
-               "(out of memory, or killed by a signal); the rest of the batch was graded, and a "
-               "rerun grades it again")
+WORKER_DIED = ("grader error: the grading worker died while grading this hand-in, on its retry "
+               "too (out of memory, or killed by a signal); the rest of the batch was graded, and "
+               "a rerun grades it again")
 KILL_ENV = "LLMCOURSE_TEST_KILL_WORKER"
 
 
