@@ -1,3 +1,3 @@
 """Chapter 02, attention and the Transformer: one module per notebook."""
 
-from . import bridge, multihead, sdpa, transformer  # noqa: F401
+from . import bridge, challenge, multihead, sdpa, transformer  # noqa: F401
