@@ -200,3 +200,29 @@ def test_learner_build_has_no_reference_answer(chapter, pristine, tmp_path):
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(root)}, cwd=root)
         assert p.returncode == 0 and "IMPORTED" not in p.stdout, (root, p.stdout, p.stderr[-500:])
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_learner_build_keeps_what_the_lab_cells_use(chapter, pristine, tmp_path):
+    """Every name a notebook's lab cells import from the reference (and every module its
+    exercises may import) resolves inside that notebook's build, with what it imports."""
+    from llmcourse.grading.learner import WHOLE, _allowed
+    from llmcourse.grading.verify import make_public
+
+    folder = next((ROOT / "solutions").glob(f"{chapter}-*"))
+    make_public(str(tmp_path / "public"), [e.id for e in all_exercises(chapter)])
+    info = json.loads((tmp_path / "public" / "build.json").read_text())
+    lab = notebook_reference_imports(folder)
+    build = learner_build(pristine, tmp_path / "lib", chapter, tmp_path / "public", info, lab)
+    for nb, root in sorted(build.notebooks.items()):
+        needs = set(lab.notebooks[nb]["needs"]) | _allowed(info, lab.notebooks[nb]["exercises"])
+        pairs = sorted((m, "" if n == WHOLE else n) for m, n in needs
+                       if (REF_DIR / f"{m}.py").exists())
+        if not pairs:
+            continue
+        code = ("import importlib\nfor m, n in %r:\n    mod = importlib.import_module("
+                "'llmcourse.reference.' + m)\n    n and getattr(mod, n)\nprint('OK')\n") % (pairs,)
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={"PATH": os.environ["PATH"], "PYTHONPATH": str(root),
+                                "OMP_NUM_THREADS": "1"}, cwd=root)
+        assert p.returncode == 0 and "OK" in p.stdout, (nb, p.stderr[-1500:])

@@ -250,6 +250,10 @@ def _closure(modules: dict[str, _Module], needs: set[tuple[str, str]]) -> dict[s
         if name in m.defs:
             keep[mod].add(name)
             todo += _resolve(m, mod, _used_names(m.defs[name]))
+            for sub in ast.walk(m.defs[name]):  # imports inside a function
+                if isinstance(sub, ast.ImportFrom) and sub.level == 1:
+                    todo += [(sub.module.split(".")[0], a.name) if sub.module else (a.name, WHOLE)
+                             for a in sub.names]
         elif name in m.imports:  # a re-export
             keep[mod].add(name)
             todo.append(m.imports[name])
