@@ -215,6 +215,17 @@ METRICS: dict[str, Callable[[list[Item], list[Item]], tuple[float, float | None]
 }
 
 
+def relative_error_float16(truth: list[Item], got: list[Item]) -> tuple[float, None]:
+    """:func:`relative_error` of an output that must be float16 (every tensor of it)."""
+    tags = [tag for _, a, tag in got if a is not None]
+    if not tags or any(t != "torch.float16" for t in tags):
+        raise ChallengeError(f"the output must be torch.float16 tensors, got {tags or 'no tensor'}")
+    return relative_error(truth, got)
+
+
+METRICS["relative_error_float16"] = relative_error_float16
+
+
 def band(meta: dict, figure: float, floor: float | None) -> tuple[float, str]:
     """(credit, band name) of a figure; the bottom band is (0, "below every band")."""
     x = figure - floor if (meta["relative_to_floor"] and floor is not None) else figure

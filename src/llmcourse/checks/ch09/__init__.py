@@ -1,3 +1,3 @@
 """Chapter 09, the GPU timing lab: one module per notebook."""
 
-from . import lab  # noqa: F401
+from . import challenge, lab  # noqa: F401
