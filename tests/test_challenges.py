@@ -118,6 +118,29 @@ def test_other_metrics_against_closed_forms():
         expected_calibration_error(item([0]), item([[0.5, 0.6]]))
 
 
+def test_calibration_truth_is_what_draws_the_labels():
+    """10.calibrate grades against p* = softmax((z - BIAS) / T0); the validation labels the
+    learner gets must be draws from that same p*: their NLL under it matches its entropy
+    (within 4 standard errors), and the classifier's own top class agrees with the truth's
+    because a positive temperature and one bias keep most argmaxes."""
+    import torch
+
+    from llmcourse.checks import get
+    from llmcourse.checks.core import Case
+
+    ex = get("10.calibrate")
+    case = ex.cases(0, False)[0]
+    val_logits, val_labels, test_logits = case.args
+    p = ex.truth(Case("val", (None, None, val_logits)))
+    nll = -p.log().gather(1, val_labels[:, None])[:, 0]
+    entropy = -(p * p.log()).sum(1)
+    se = nll.std().item() / len(nll) ** 0.5
+    assert abs(nll.mean().item() - entropy.mean().item()) < 4 * se
+    truth = ex.truth(case)
+    assert torch.allclose(truth.sum(1), torch.ones(len(truth), dtype=truth.dtype))
+    assert (truth.argmax(1) == test_logits.argmax(1)).double().mean() > 0.7
+
+
 def test_the_grader_measures_without_torch():
     """The measurement runs in the grader's own process, which never imports torch."""
     code = ("import sys; sys.modules['torch'] = None\n"
