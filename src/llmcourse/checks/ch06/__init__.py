@@ -1,3 +1,3 @@
 """Chapter 06, knowledge distillation: one module per notebook."""
 
-from . import distill_gpt, losses  # noqa: F401
+from . import challenge, distill_gpt, losses  # noqa: F401
