@@ -4,7 +4,6 @@ you can get (an outcome-graded challenge)."""
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 
 import torch
@@ -13,22 +12,11 @@ from ...reference import char_model as ref
 from .. import register
 from ..challenge import Attempt, Band, Challenge
 from ..core import Case, Rule
+from ..lm_truth import next_byte_truth
+from ..lm_truth import word_start_contexts as _contexts
 
 TRAIN_CHARS = 300_000
 CONTEXTS = {False: 600, True: 1500}  # public, hidden
-
-
-def _contexts(seed: int, n: int) -> list[str]:
-    """One context per document: the document up to a random word start (after a space)."""
-    from ...data import documents
-    from ...data.next_token import word_boundaries
-
-    rng, out = random.Random(seed), []
-    for doc in documents(n, seed=seed):
-        starts = word_boundaries(doc)
-        if starts:
-            out.append(doc[:rng.choice(starts)])
-    return out
 
 
 def _uniform(train_text, contexts):
@@ -74,14 +62,7 @@ class NextCharacter(Challenge):
         return [Case("held-out word starts", (train, _contexts(5000 + seed, CONTEXTS[hidden])))]
 
     def truth(self, case: Case):
-        from ...data.next_token import next_byte_distribution
-
-        contexts = case.args[1]
-        p = torch.zeros(len(contexts), 256, dtype=torch.float64)
-        for r, ctx in enumerate(contexts):
-            for ch, q in next_byte_distribution(ctx).items():
-                p[r, ord(ch)] += q
-        return p
+        return next_byte_truth(case.args[1])
 
     def reference(self, train_text, contexts):
         return ref.fit_and_predict(train_text, contexts)
