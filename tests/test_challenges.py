@@ -242,3 +242,72 @@ def _board_in_browser(board, bars: int) -> None:
     found = asyncio.run(look())
     assert len(found["bars"]) == bars and all(w > 1 for w in found["bars"]), found
     assert found["floor"] == 1 and "nobody can pass it" in found["label"], found
+
+
+def test_relative_error_float16_refuses_a_wider_output():
+    from llmcourse.checks.challenge import relative_error_float16
+
+    truth = [("output", np.array([[2.0, -4.0]]), "torch.float64")]
+    got = [("output", np.array([[2.0, -3.0]]), "torch.float16")]
+    assert relative_error_float16(truth, got)[0] == pytest.approx(0.25)  # |1| / max|4|
+    with pytest.raises(ChallengeError, match="must be torch.float16"):
+        relative_error_float16(truth, [("output", np.array([[2.0, -3.0]]), "torch.float32")])
+
+
+def _fp16_answer() -> str:
+    nb = json.loads(open("solutions/09-gpu-lab/challenge.ipynb").read())
+    cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "softmax_fp16")
+    return "import torch\n" + "".join(cell["source"])
+
+
+@pytest.mark.parametrize("shortcut", [
+    "return torch.softmax(x, -1)", "return torch.softmax(x.float(), -1).half()",
+    "e = torch.exp(x - x.amax(-1, keepdim=True))\n    return e / e.sum(-1, keepdim=True)",
+    "acc = torch.zeros(x.shape[0])\n    return x + acc[:, None]",
+    "return (x.to(torch.float64).exp()).half()", "s = sum(v.item() for v in x[0])\n    return x / s",
+    "import numpy\n    return x"])
+def test_fp16_softmax_rules_refuse_every_wider_shortcut(shortcut):
+    """The float16-only rules, by reading the code: the notebook's answer passes, each
+    shortcut that computes in a wider dtype (or lets torch do so) is refused."""
+    from llmcourse.checks import get
+    from llmcourse.checks.forbidden import violations_for
+
+    ex = get("09.fp16_softmax")
+    assert violations_for(ex.entry, ex.rules, [("answer", _fp16_answer())]) == []
+    src = f"import torch\ndef softmax_fp16(x):\n    {shortcut}\n"
+    assert violations_for(ex.entry, ex.rules, [("answer", src)]), shortcut
+
+
+def test_fp16_softmax_run_time_record_finds_hidden_reductions():
+    """The grader's operator record (names, not dtypes): the reference reaches no forbidden
+    operator; a sum, a product by `@` (no name to read) or a Python number is found."""
+    import torch
+
+    from llmcourse.checks import get
+    from llmcourse.grading.opsmode import forbidden_ops, recorder
+    from llmcourse.reference.fp16_softmax import softmax_fp16
+
+    ex = get("09.fp16_softmax")
+    rules = [(r.target, r.why, r.allow) for r in ex.rules]
+    x = (torch.randn(2, 1001) * 4).half()
+    with recorder() as rec:
+        y = softmax_fp16(x)
+    assert y.dtype == torch.float16 and forbidden_ops(rec.names, rules) == []
+    for sneaky in (lambda t: getattr(torch, "su" + "m")(t), lambda t: t @ t.new_ones(1001, 1),
+                   lambda t: float(t[0, 0])):
+        with recorder() as rec:
+            sneaky(x)
+        assert forbidden_ops(rec.names, rules), rec.names
+
+
+def test_distillation_soft_targets_beat_hard_labels_at_equal_steps():
+    """The comparison the 06 challenge is built on, on a hidden case: the same student, the
+    same steps, soft targets well below hard labels (at 25 steps and at the reference's)."""
+    from llmcourse.checks import get
+    from llmcourse.checks.ch06 import challenge as c
+
+    ex = get("06.distill_student")
+    soft = run(ex, c._soft_short, seed=987, hidden=True).score
+    hard = run(ex, c._hard_short, seed=987, hidden=True).score
+    assert soft.figure < hard.figure - 0.1, (soft.message, hard.message)
+    assert run(ex, c._hard, seed=987, hidden=True).score.figure - soft.floor > 1.0
