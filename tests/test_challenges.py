@@ -272,7 +272,7 @@ def test_fp16_softmax_rules_refuse_every_wider_shortcut(shortcut):
     from llmcourse.checks import get
     from llmcourse.checks.forbidden import violations_for
 
-    ex = get("09.fp16_softmax")
+    ex = get("09.softmax_fp16")
     assert violations_for(ex.entry, ex.rules, [("answer", _fp16_answer())]) == []
     src = f"import torch\ndef softmax_fp16(x):\n    {shortcut}\n"
     assert violations_for(ex.entry, ex.rules, [("answer", src)]), shortcut
@@ -287,7 +287,7 @@ def test_fp16_softmax_run_time_record_finds_hidden_reductions():
     from llmcourse.grading.opsmode import forbidden_ops, recorder
     from llmcourse.reference.fp16_softmax import softmax_fp16
 
-    ex = get("09.fp16_softmax")
+    ex = get("09.softmax_fp16")
     rules = [(r.target, r.why, r.allow) for r in ex.rules]
     x = (torch.randn(2, 1001) * 4).half()
     with recorder() as rec:
@@ -306,7 +306,7 @@ def test_distillation_soft_targets_beat_hard_labels_at_equal_steps():
     from llmcourse.checks import get
     from llmcourse.checks.ch06 import challenge as c
 
-    ex = get("06.distill_student")
+    ex = get("06.student")
     soft = run(ex, c._soft_short, seed=987, hidden=True).score
     hard = run(ex, c._hard_short, seed=987, hidden=True).score
     assert soft.figure < hard.figure - 0.1, (soft.message, hard.message)

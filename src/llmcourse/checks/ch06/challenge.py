@@ -61,7 +61,7 @@ def _soft_short(transfer_x, teacher_probs, test_x):
 class Distillation(Challenge):
     """A student distilled from a hidden teacher's soft predictions, measured against the
     teacher's distributions on held-out inputs."""
-    id = "06.distill_student"
+    id = "06.student"
     entry = "distill"
     metric = "cross_entropy_bits"
     unit = "bits"

@@ -95,7 +95,7 @@ def logits(seed: int, rows: int = ROWS, n: int = N) -> torch.Tensor:
 @register
 class Float16Softmax(Challenge):
     """Softmax of long float16 rows in float16 arithmetic, measured against float64."""
-    id = "09.fp16_softmax"
+    id = "09.softmax_fp16"
     entry = "softmax_fp16"
     metric = "relative_error_float16"
     unit = "relative error"
