@@ -40,3 +40,25 @@ def next_byte_truth(contexts: list[str]) -> torch.Tensor:
         for ch, q in next_byte_distribution(ctx).items():
             p[r, ord(ch)] += q
     return p
+
+
+TRAIN_CHARS = 300_000
+
+
+def word_start_case(seed: int, n_contexts: int):
+    """The inputs of a next-byte challenge: (training text, held-out word-start contexts)."""
+    from ..data import corpus
+    from .core import Case
+
+    train = corpus(TRAIN_CHARS, seed=1000 + seed)
+    return Case("held-out word starts", (train, word_start_contexts(5000 + seed, n_contexts)))
+
+
+def unigram_baseline(train_text: str, contexts: list[str]) -> torch.Tensor:
+    """A weak attempt: the byte frequencies of the training text (add-one), whatever the context."""
+    from collections import Counter
+
+    counts = torch.ones(VOCAB, dtype=torch.float64)
+    for ch, c in Counter(train_text).items():
+        counts[min(ord(ch), VOCAB - 1)] += c
+    return torch.log(counts / counts.sum()).expand(len(contexts), VOCAB).clone()

@@ -4,7 +4,6 @@ you can get (an outcome-graded challenge)."""
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import torch
 
@@ -12,22 +11,14 @@ from ...reference import char_model as ref
 from .. import register
 from ..challenge import Attempt, Band, Challenge
 from ..core import Case, Rule
-from ..lm_truth import next_byte_truth
-from ..lm_truth import word_start_contexts as _contexts
+from ..lm_truth import next_byte_truth, word_start_case
+from ..lm_truth import unigram_baseline as _unigram
 
-TRAIN_CHARS = 300_000
 CONTEXTS = {False: 600, True: 1500}  # public, hidden
 
 
 def _uniform(train_text, contexts):
     return torch.full((len(contexts), 256), -math.log(256), dtype=torch.float64)
-
-
-def _unigram(train_text, contexts):
-    counts = torch.ones(256, dtype=torch.float64)
-    for ch, c in Counter(train_text).items():
-        counts[min(ord(ch), 255)] += c
-    return torch.log(counts / counts.sum()).expand(len(contexts), 256).clone()
 
 
 def _bigram(train_text, contexts):
@@ -56,10 +47,7 @@ class NextCharacter(Challenge):
                 Attempt("character trigram", _trigram, 0.25))
 
     def cases(self, seed: int, hidden: bool) -> list[Case]:
-        from ...data import corpus
-
-        train = corpus(TRAIN_CHARS, seed=1000 + seed)
-        return [Case("held-out word starts", (train, _contexts(5000 + seed, CONTEXTS[hidden])))]
+        return [word_start_case(seed, CONTEXTS[hidden])]
 
     def truth(self, case: Case):
         return next_byte_truth(case.args[1])

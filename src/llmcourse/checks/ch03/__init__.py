@@ -1,3 +1,3 @@
 """Chapter 03, efficient Transformers: one module per notebook."""
 
-from . import flash, modern_block, primer, search  # noqa: F401
+from . import challenge, flash, modern_block, primer, search  # noqa: F401

@@ -1,3 +1,3 @@
 """Chapter 04, pre-training: one module per notebook (objectives.ipynb's in two, by size)."""
 
-from . import objectives, objectives_prefix_electra, optim, pretrain, xlnet  # noqa: F401
+from . import challenge, objectives, objectives_prefix_electra, optim, pretrain, xlnet  # noqa: F401
