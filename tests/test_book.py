@@ -322,7 +322,8 @@ def _page_heading(doc: str) -> str:
 
 def test_toc_titles_are_unique_and_mark_exercises():
     """The sidebar shows each page's _toc.yml title (else its heading): no two alike, and an
-    exercise notebook says so ("Exercises: ..."), a reading page does not."""
+    exercise notebook says so ("Exercises: ...", a chapter's challenge "Challenge: ..."), a
+    reading page does not."""
     shown, problems = {}, []
     for doc, title in _toc_entries():
         label = title or _page_heading(doc)
@@ -331,8 +332,10 @@ def test_toc_titles_are_unique_and_mark_exercises():
         shown[label.lower()] = doc
         is_notebook = any((REPO / f"{d}.ipynb").is_file()
                           for d in (doc, doc.replace("chapters/", "solutions/", 1)))
-        if is_notebook != label.startswith("Exercises:"):
-            problems.append(f"{doc}: {label!r} " + ("needs `title: \"Exercises: ...\"` in _toc.yml"
+        marked = label.startswith("Challenge:" if doc.endswith("/challenge") else "Exercises:")
+        if is_notebook != marked:
+            want = "Challenge" if doc.endswith("/challenge") else "Exercises"
+            problems.append(f"{doc}: {label!r} " + (f"needs `title: \"{want}: ...\"` in _toc.yml"
                                                     if is_notebook else "is not an exercise notebook"))
     assert not problems, "\n".join(problems)
 
