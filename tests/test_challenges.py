@@ -311,3 +311,35 @@ def test_distillation_soft_targets_beat_hard_labels_at_equal_steps():
     hard = run(ex, c._hard_short, seed=987, hidden=True).score
     assert soft.figure < hard.figure - 0.1, (soft.message, hard.message)
     assert run(ex, c._hard, seed=987, hidden=True).score.figure - soft.floor > 1.0
+
+
+def test_language_model_challenges_share_one_truth_and_no_chapter_imports():
+    """01.next_char, 03.efficient_lm and 04.pretrain_budget measure the same thing: their cases
+    come from checks/lm_truth.py (training text, contexts cut after a space), their truth is
+    the grammar's next-byte distribution (rows sum to 1, never a second space), and no
+    chapter's spec imports another chapter's checks."""
+    import ast
+    import inspect
+    import re
+
+    import torch
+
+    from llmcourse.checks import get
+    from llmcourse.checks.lm_truth import next_byte_truth
+
+    texts = set()
+    for exid in ("01.next_char", "03.efficient_lm", "04.pretrain_budget"):
+        ex = get(exid)
+        (case,) = ex.cases(0, False)
+        train, contexts = case.args
+        texts.add(train)
+        assert contexts and all(c.endswith(" ") for c in contexts), exid
+        assert torch.equal(ex.truth(case), next_byte_truth(contexts)), exid
+        tree = ast.parse(inspect.getsource(inspect.getmodule(type(ex))))
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if re.search(r"(^|\.)ch\d\d", m)], (exid, imported)
+    assert len(texts) == 1  # the same training text on the same seed
+    p = next_byte_truth(contexts[:50])
+    assert torch.allclose(p.sum(1), torch.ones(50, dtype=torch.float64))
+    support = {chr(b) for b in p.nonzero()[:, 1].tolist()}
+    assert support and " " not in support and any(ch.isalpha() for ch in support), sorted(support)
