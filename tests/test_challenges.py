@@ -255,7 +255,9 @@ def test_relative_error_float16_refuses_a_wider_output():
 
 
 def _fp16_answer() -> str:
-    nb = json.loads(open("solutions/09-gpu-lab/challenge.ipynb").read())
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).parents[1] / "solutions/09-gpu-lab/challenge.ipynb").read_text())
     cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "softmax_fp16")
     return "import torch\n" + "".join(cell["source"])
 
