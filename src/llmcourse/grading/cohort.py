@@ -12,7 +12,8 @@ at most the learners that were running, and a rerun grades only what is missing.
 A worker that dies (the out-of-memory killer, SIGKILL) costs one learner, not the batch: the
 pool is started again, the hand-ins that were in flight are graded again one at a time, and
 one that kills its worker a second time gets 0 and the line :data:`WORKER_DIED`. On Dask the
-embedded cluster retries a task once (``allowed-failures: 1``) and the nanny restarts the worker.
+embedded cluster runs one task per worker, retries a task once (``allowed-failures: 1``) and
+the nanny restarts the worker.
 Test hook (grader side, never the learner's code): ``LLMCOURSE_TEST_KILL_WORKER=bo,cy:once``
 makes a worker process SIGKILL itself when it grades ``bo`` (``cy``: the first time only).
 """
@@ -214,11 +215,12 @@ class Engine:
                 return Client(self.scheduler), n
             import dask
 
-            # one task per worker, and a task whose worker died is retried once, then fails
-            with dask.config.set({"distributed.scheduler.allowed-failures": 1,
-                                  "distributed.scheduler.worker-saturation": 1.0}):
+            # one task per worker (a "grade" slot: a worker that dies takes no other learner
+            # down with it), and a task whose worker died is retried once, then fails
+            with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
+                                       dashboard_address=None, silence_logs=40,
+                                       resources={"grade": 1})
             return Client(cluster), n
         if n == 1:
             return None, 1  # one at a time: in this process, no pool to start
@@ -357,13 +359,14 @@ def _run(store, todo, root, options, seed, engine, log, progress, stats) -> None
                     settle(job, grade_job(job, str(root), options, seed))
             return
         dask = bool(engine.dask or engine.scheduler)
+        kw = {} if not dask else {"pure": False} if engine.scheduler else {
+            "pure": False, "resources": {"grade": 1}}
         ready: list[Job] = []  # claimed, not running yet
         suspects: list[Job] = []  # in flight when a worker died: graded again, one at a time
 
         def submit(job, back: list) -> bool:
             try:
-                pending[pool.submit(grade_job, job, str(root), options, seed, **(
-                    {"pure": False} if dask else {}))] = job
+                pending[pool.submit(grade_job, job, str(root), options, seed, **kw)] = job
                 return True
             except BrokenProcessPool:  # it broke since the last wait: the job goes back
                 back.insert(0, job)
