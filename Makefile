@@ -44,7 +44,7 @@ test: vendor sandbox
 
 # The same, with every cataloged mistake graded end to end through nbgrader (slower).
 test-all: vendor sandbox
-	LLMCOURSE_E2E_PACKS=0 $(BIN)/python -m pytest -n 2 --dist loadgroup
+	LLMCOURSE_E2E_PACKS=0 LLMCOURSE_TEST_ALL=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=40
 
 release: venv
 	$(BIN)/llmcourse release

@@ -158,3 +158,14 @@ def learner(tmp_path):
     yield load
     for module_name in loaded:
         sys.modules.pop(module_name, None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``full`` run only in ``make test-all`` (LLMCOURSE_TEST_ALL=1): each is a
+    second representative of a kind of check that ``make test`` already holds one of."""
+    if os.environ.get("LLMCOURSE_TEST_ALL", "") == "1":
+        return
+    skip = pytest.mark.skip(reason="make test-all only (LLMCOURSE_TEST_ALL=1)")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)

@@ -179,6 +179,7 @@ def test_a_dead_pool_worker_costs_one_learner_not_the_batch(tmp_path, clean):
 
 
 @pytest.mark.slow
+@pytest.mark.full  # make test holds the pool's dead-worker test
 def test_a_dead_dask_worker_costs_one_learner_not_the_batch(tmp_path, clean):
     pytest.importorskip("distributed")
     subs, course = _batch(tmp_path / "subs"), tmp_path / "course"
