@@ -236,18 +236,11 @@ def grade_cohort(path: Path, root: Path, options: Options, assignment: str | Non
                  stats: dict | None = None, regrade: bool = False) -> list[Row]:
     """Grade every hand-in under ``path``; rows of this batch (stored ones for skipped learners).
     A learner whose stored record was made from the same hand-in is kept unless ``regrade``."""
-    from .grade import _last_line
-    from .sandbox import NO_SANDBOX, probe
-    from .submissions import SourceIndex, discover
+    from .grade import _last_line, start
+    from .submissions import discover
 
     engine = engine or Engine()
-    index = SourceIndex(root)
-    if assignment and assignment not in index.assignments:
-        raise ValueError(f"unknown chapter {assignment!r} (known: {', '.join(index.assignments)})")
-    if not options.unsafe:
-        ok, why = probe()
-        if not ok:
-            raise RuntimeError(NO_SANDBOX.format(why=why))
+    index = start(root, options, assignment)
     subs = discover(path, index, assignment, student)
     options.course_dir.mkdir(parents=True, exist_ok=True)
     store = Store(db_url or sqlite_url(options.course_dir), options.course_dir)

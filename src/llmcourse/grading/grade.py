@@ -65,8 +65,8 @@ class Options:
 NOT_SANDBOXED = "not sandboxed (--unsafe-no-sandbox): trusted work only"
 
 
-def grade(path: Path, root: Path, options: Options, assignment: str | None = None,
-          student: str | None = None, log=print) -> list[Row]:
+def start(root: Path, options: Options, assignment: str | None):
+    """The course's source index, once the chapter is known and a sandbox can be made."""
     index = SourceIndex(root)
     if assignment and assignment not in index.assignments:
         raise ValueError(f"unknown chapter {assignment!r} (known: {', '.join(index.assignments)})")
@@ -74,6 +74,12 @@ def grade(path: Path, root: Path, options: Options, assignment: str | None = Non
         ok, why = probe()
         if not ok:
             raise RuntimeError(NO_SANDBOX.format(why=why))
+    return index
+
+
+def grade(path: Path, root: Path, options: Options, assignment: str | None = None,
+          student: str | None = None, log=print) -> list[Row]:
+    index = start(root, options, assignment)
     subs = discover(path, index, assignment, student)
     rows: list[Row] = []
     seed = options.seed if options.seed is not None else secrets.randbits(31)
