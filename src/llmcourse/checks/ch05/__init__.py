@@ -1,3 +1,3 @@
 """Chapter 05, fine-tuning: one module per notebook."""
 
-from . import classification, early_stopping, instruction  # noqa: F401
+from . import challenge, classification, early_stopping, instruction  # noqa: F401
