@@ -35,7 +35,7 @@ def _windows(texts: list[str], context: int) -> torch.Tensor:
 
 
 def fit_and_predict(train_text: str, contexts: list[str], *, context: int = 16, embed: int = 16,
-                    hidden: int = 256, steps: int = 1000, batch: int = 256, lr: float = 4e-3,
+                    hidden: int = 256, steps: int = 800, batch: int = 256, lr: float = 4e-3,
                     warmup: int = 100, word_start_share: float = 0.9, seed: int = 0
                     ) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
