@@ -1,3 +1,3 @@
 """Chapter 07, scaling: one module per notebook."""
 
-from . import compression, counting, parallel, sweep  # noqa: F401
+from . import challenge, compression, counting, parallel, sweep  # noqa: F401
