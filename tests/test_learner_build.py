@@ -215,6 +215,20 @@ def test_learner_build_keeps_what_the_lab_cells_use(chapter, pristine, tmp_path)
     lab = notebook_reference_imports(folder)
     build = learner_build(pristine, tmp_path / "lib", chapter, tmp_path / "public", info, lab)
     for nb, root in sorted(build.notebooks.items()):
+        # the library modules outside the reference its cells import (llmcourse.pretrained
+        # imports the reference's GPT and trainer): each must import inside the build
+        from llmcourse.grading.learner import _code_cells
+
+        library = sorted({n.module for t in _code_cells(folder / f"{nb}.ipynb") for n in ast.walk(t)
+                          if isinstance(n, ast.ImportFrom) and n.module and not n.level
+                          and n.module.startswith("llmcourse.")
+                          and not n.module.startswith(("llmcourse.reference", "llmcourse.checks"))})
+        if library:
+            code = "import importlib\nfor m in %r:\n    importlib.import_module(m)\nprint('OK')\n" % (library,)
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                               env={"PATH": os.environ["PATH"], "PYTHONPATH": str(root),
+                                    "OMP_NUM_THREADS": "1"}, cwd=root)
+            assert p.returncode == 0 and "OK" in p.stdout, (nb, library, p.stderr[-1500:])
         needs = set(lab.notebooks[nb]["needs"]) | _allowed(info, lab.notebooks[nb]["exercises"])
         pairs = sorted((m, "" if n == WHOLE else n) for m, n in needs
                        if (REF_DIR / f"{m}.py").exists())

@@ -112,6 +112,27 @@ def _ref_module(dotted: str) -> str | None:
     return dotted[len(REF_PREFIX):].split(".")[0] if dotted.startswith(REF_PREFIX) else None
 
 
+def library_needs(module: str) -> set[tuple[str, str]]:
+    """What a library module outside the reference (``llmcourse.pretrained``) imports from
+    the reference at its top level: a lab cell that imports it needs those too."""
+    parts = module.split(".")[1:]
+    if not parts or parts[0] in ("reference", "checks", "grading"):
+        return set()
+    base = Path(__file__).resolve().parents[1].joinpath(*parts)
+    path = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return set()
+    depth = len(parts) - (0 if path.name == "__init__.py" else 1)  # packages above the module
+    needs = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == depth + 1 and node.module \
+                and node.module.startswith("reference."):
+            needs |= {(node.module.split(".")[1], a.name) for a in node.names}
+    return needs
+
+
 def lab_needs(trees: list[ast.Module]) -> set[tuple[str, str]]:
     """(module, name) pairs of the reference that these cells import; a module bound to a
     name (``from llmcourse.reference import gpt as lab_gpt``) needs the attributes used on it,
@@ -126,6 +147,8 @@ def lab_needs(trees: list[ast.Module]) -> set[tuple[str, str]]:
                         aliases[a.asname or a.name] = a.name
                 elif mod:
                     needs |= {(mod, a.name) for a in node.names}
+                elif node.module.startswith("llmcourse."):
+                    needs |= library_needs(node.module)
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     mod = _ref_module(a.name + ".")
