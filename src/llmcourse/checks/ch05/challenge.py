@@ -45,12 +45,12 @@ def _split(seed: int):
 class SentimentFineTune(Challenge):
     """Test accuracy of a fine-tuned tiny GPT on hidden reviews."""
     id = "05.sentiment"
-    entry = "fit_and_predict"
+    entry = "classify_reviews"
     metric = "accuracy"
     unit = "accuracy"
     lower_is_better = False
     bands = (Band(0.84, 1.0, "A"), Band(0.78, 0.75, "B"), Band(0.72, 0.5, "C"), Band(0.64, 0.25, "D"))
-    budget_s = 300
+    budget_s = 400
     forbid = (Rule("llmcourse.data", "learn from the labelled reviews only: the course's data "
                    "module computes every review's rating"),)
     attempts = (Attempt("majority class", _majority, 0.0),
