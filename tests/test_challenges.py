@@ -345,3 +345,12 @@ def test_language_model_challenges_share_one_truth_and_no_chapter_imports():
     assert torch.allclose(p.sum(1), torch.ones(50, dtype=torch.float64))
     support = {chr(b) for b in p.nonzero()[:, 1].tolist()}
     assert support and " " not in support and any(ch.isalpha() for ch in support), sorted(support)
+
+
+@pytest.mark.parametrize("ex", CHALLENGES, ids=ids)
+def test_nothing_the_kernel_sees_names_a_seed(ex):
+    """A case's label and inputs go to the learner's kernel (code there can read its own
+    stack): no label carries the seed the truth is made from."""
+    for seed in (987, 31337):
+        for case in ex.cases(seed, True):
+            assert str(seed) not in case.label, f"{ex.id}: label {case.label!r} names the seed"

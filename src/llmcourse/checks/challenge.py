@@ -85,11 +85,49 @@ class Challenge(Exercise):
     def reference(self, *args, **kwargs):  # the instructor's solution, in the spec
         raise NotImplementedError
 
+    def remember(self, case, secret):
+        """Keep what the truth needs but the learner must not learn (the seed of a hidden law,
+        of hidden labels) in this process only, keyed by the case's inputs: a case's label
+        and inputs go to the learner's kernel, and code there can read them (its own stack)."""
+        self.__dict__.setdefault("_secrets", {})[_digest(case.args)] = secret
+        return case
+
+    def recall(self, case):
+        return self.__dict__.get("_secrets", {})[_digest(case.args)]
+
     def describe(self) -> dict:
         """What the grader needs to measure and band (JSON, no code)."""
         return {"metric": self.metric, "unit": self.unit, "lower_is_better": self.lower_is_better,
                 "relative_to_floor": self.relative_to_floor, "budget_s": int(self.budget_s),
                 "bands": [[b.limit, b.credit, b.name] for b in self.bands]}
+
+
+def _digest(value) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def walk(v):
+        if hasattr(v, "detach") and hasattr(v, "dtype"):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes() if str(t.dtype) != "torch.bfloat16" else t.float().numpy().tobytes())
+        elif isinstance(v, np.ndarray):
+            h.update(f"A{v.dtype}{v.shape}".encode() + np.ascontiguousarray(v).tobytes())
+        elif isinstance(v, (list, tuple)):
+            h.update(f"L{len(v)}".encode())
+            for x in v:
+                walk(x)
+        elif isinstance(v, dict):
+            h.update(f"D{len(v)}".encode())
+            for k in sorted(v, key=str):
+                h.update(repr(k).encode())
+                walk(v[k])
+        else:
+            h.update(repr(v).encode("utf-8", "backslashreplace"))
+
+    walk(value)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------

@@ -58,10 +58,11 @@ class SentimentFineTune(Challenge):
                 Attempt("linear probe (head only)", _probe, 0.25))
 
     def cases(self, seed: int, hidden: bool) -> list[Case]:
-        return [Case(f"test reviews of seed {seed}", _split(seed))]
+        case = Case("held-out test reviews", _split(seed))
+        return [self.remember(case, seed)]  # the labels' seed never reaches the kernel
 
     def truth(self, case: Case):
-        seed = int(case.label.rsplit(" ", 1)[1])  # the test labels of the case's own seed
+        seed = self.recall(case)  # the test labels of the case's own seed
         return torch.tensor(review_dataset(TEST_DOCS, 5000 + seed, max_len=MAX_LEN)[1])
 
     def reference(self, train_texts, train_labels, valid_texts, valid_labels, test_texts):
