@@ -118,6 +118,8 @@ def _solution_defs():
         cells = [c for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code"]
         if cells:
             imports[nb_path] = _src(cells[0])
+        if nb_path.stem == "challenge":
+            continue  # a challenge's helpers are the learner's own design, not exercises
         for cell in cells:
             try:
                 tree = ast.parse(_src(cell))
@@ -412,7 +414,7 @@ MAX_LINES, MAX_LINE = 8, 400
 
 def messages(chapter: str) -> str:
     blocks = []
-    for ex in all_exercises(chapter)[:PER_CHAPTER]:
+    for ex in [e for e in all_exercises(chapter) if e.mistakes][:PER_CHAPTER]:  # not challenges
         for m in ex.mistakes[:2]:
             torch.manual_seed(0)
             blocks.append(f"## {ex.id} with mistake {m.name!r}\n{run(ex, m.impl)}")

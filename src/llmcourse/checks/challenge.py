@@ -322,7 +322,7 @@ def run_challenge(ex: Challenge, fn, *, seed: int, hidden: bool):
 
     from .core import exception_line, flatten
     from .forbidden import violations_for
-    from .runner import _clone, _error_line, _learner_cells
+    from .runner import _clone, _error_line, _failing_dependency, _learner_cells
 
     violations = violations_for(ex.entry, ex.rules, _learner_cells(fn))
     if violations:
@@ -351,7 +351,9 @@ def run_challenge(ex: Challenge, fn, *, seed: int, hidden: bool):
         s = Score(s.figure, s.floor, 0.0, "over budget", s.message + " - but over the time budget, "
                   "so it scores 0")
     ok = s.credit > 0
-    r = ChallengeResult(ex, "pass" if ok else "fail", len(cases), len(cases) if ok else 0, s.message)
+    uses = _failing_dependency(ex, fn, 0) if s.credit < 1 else ""  # "fix that first"
+    r = ChallengeResult(ex, "pass" if ok else "fail", len(cases), len(cases) if ok else 0, s.message,
+                        uses=uses)
     r.score, r.seconds = s, seconds
     return r
 
@@ -378,6 +380,8 @@ class ChallengeResult(Result):
         meta = ex.describe()
         word = "CHALLENGE" if self.score.credit > 0 else "FAIL"
         lines = [f"{word} {head}: {self.detail}."]
+        if self.uses:
+            lines.append(f"  {self.uses}")
         over = self.seconds > ex.budget_s
         lines.append(f"  Time: {self.seconds:.1f} s of the {ex.budget_s} s budget"
                      + (" - OVER BUDGET: the grader stops your function at the budget and "
