@@ -96,7 +96,7 @@ def bpe_split_special(text, special_tokens):
 
 
 def test_chapter_registers_its_exercises():
-    assert [e.id for e in all_exercises("01")] == IDS
+    assert [e.id for e in all_exercises("01") if getattr(e, "kind", "") != "challenge"] == IDS
     assert {get(i).entry for i in IDS} >= {"ngram_counts", "add_k_probs", "kneser_ney_probs",
                                            "perplexity", "sample_ngram", "bpe_train", "bpe_encode",
                                            "bpe_decode", "bpe_merge", "mlp_lm_forward",

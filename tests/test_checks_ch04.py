@@ -143,7 +143,7 @@ def eval_windows(tokens, block_size):
 
 
 def test_chapter_registers_its_exercises():
-    assert [e.id for e in all_exercises("04")] == IDS
+    assert [e.id for e in all_exercises("04") if getattr(e, "kind", "") != "challenge"] == IDS
 
 
 @pytest.mark.parametrize("exercise_id", IDS)

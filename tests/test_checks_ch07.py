@@ -110,7 +110,7 @@ def magnitude_prune(w, sparsity):
 
 
 def test_chapter_registers_its_exercises():
-    assert [e.id for e in all_exercises("07")] == IDS
+    assert [e.id for e in all_exercises("07") if getattr(e, "kind", "") != "challenge"] == IDS
 
 
 @pytest.mark.parametrize("exercise_id", IDS)
