@@ -11,7 +11,7 @@ from llmcourse.checks.runner import PUBLIC_SEED
 
 IDS = ["04.adamw", "04.causal_lm_loss", "04.clip_grad_norm", "04.cosine_lr", "04.electra_loss",
        "04.electra_replace", "04.eval_windows", "04.get_batch", "04.mask_tokens", "04.nsp_pairs",
-       "04.prefix_lm_mask"]
+       "04.prefix_lm_mask", "04.xlnet_masks", "04.xlnet_partial"]
 
 # What a learner might write: other formulas and loops, no course code.
 LEARNER = '''
