@@ -62,3 +62,31 @@ def unigram_baseline(train_text: str, contexts: list[str]) -> torch.Tensor:
     for ch, c in Counter(train_text).items():
         counts[min(ord(ch), VOCAB - 1)] += c
     return torch.log(counts / counts.sum()).expand(len(contexts), VOCAB).clone()
+
+
+def _word_start_challenge():
+    from .challenge import Challenge
+    from .core import Rule
+
+    class WordStartChallenge(Challenge):
+        """Base of the language-model challenges: training text in, the next byte at held-out
+        word starts out, measured in bits above the exact entropy floor. Subclasses set the id,
+        entry, bands, budget, attempts, ``contexts`` {hidden: n} and ``reference``."""
+
+        metric = "cross_entropy_bits"
+        unit = "bits/char"
+        relative_to_floor = True
+        contexts = {False: 1500, True: 1500}
+        forbid = (Rule("llmcourse.data", "learn from `train_text` only: the course's data module "
+                       "knows the language's true probabilities"),)
+
+        def cases(self, seed: int, hidden: bool):
+            return [word_start_case(seed, self.contexts[hidden])]
+
+        def truth(self, case):
+            return next_byte_truth(case.args[1])
+
+    return WordStartChallenge
+
+
+WordStartChallenge = _word_start_challenge()

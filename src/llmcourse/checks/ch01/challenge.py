@@ -9,9 +9,8 @@ import torch
 
 from ...reference import char_model as ref
 from .. import register
-from ..challenge import Attempt, Band, Challenge
-from ..core import Case, Rule
-from ..lm_truth import next_byte_truth, word_start_case
+from ..challenge import Attempt, Band
+from ..lm_truth import WordStartChallenge
 from ..lm_truth import unigram_baseline as _unigram
 
 CONTEXTS = {False: 600, True: 1500}  # public, hidden
@@ -30,27 +29,17 @@ def _trigram(train_text, contexts):
 
 
 @register
-class NextCharacter(Challenge):
+class NextCharacter(WordStartChallenge):
     """The next byte at word starts of held-out text, measured against the exact truth."""
     id = "01.next_char"
     entry = "fit_and_predict"
-    metric = "cross_entropy_bits"
-    unit = "bits/char"
-    relative_to_floor = True
     bands = (Band(0.55, 1.0, "A"), Band(0.8, 0.75, "B"), Band(1.4, 0.5, "C"), Band(3.0, 0.25, "D"))
     budget_s = 60
-    forbid = (Rule("llmcourse.data", "learn from `train_text` only: the course's data module knows the "
-                   "language's true probabilities"),)
+    contexts = {False: 600, True: 1500}  # public, hidden
     attempts = (Attempt("uniform over 256 bytes", _uniform, 0.0),
                 Attempt("character unigram", _unigram, 0.0),
                 Attempt("character bigram", _bigram, 0.0),
                 Attempt("character trigram", _trigram, 0.25))
-
-    def cases(self, seed: int, hidden: bool) -> list[Case]:
-        return [word_start_case(seed, CONTEXTS[hidden])]
-
-    def truth(self, case: Case):
-        return next_byte_truth(case.args[1])
 
     def reference(self, train_text, contexts):
         return ref.fit_and_predict(train_text, contexts)

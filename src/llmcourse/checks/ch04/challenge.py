@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from ...reference import pretrain_lm as ref
 from .. import register
-from ..challenge import Attempt, Band, Challenge
-from ..core import Case, Rule
-from ..lm_truth import next_byte_truth, unigram_baseline, word_start_case
+from ..challenge import Attempt, Band
+from ..lm_truth import WordStartChallenge, unigram_baseline
 
 CONTEXTS = 1500  # public and hidden cases are the same size
 
@@ -21,26 +20,16 @@ def _short(train_text, contexts):
 
 
 @register
-class PretrainInBudget(Challenge):
+class PretrainInBudget(WordStartChallenge):
     """Next byte at word starts after pre-training in 120 s, against the exact truth."""
     id = "04.pretrain_budget"
     entry = "pretrain_and_predict"
-    metric = "cross_entropy_bits"
-    unit = "bits/char"
-    relative_to_floor = True
     bands = (Band(0.45, 1.0, "A"), Band(0.7, 0.75, "B"), Band(1.2, 0.5, "C"), Band(2.0, 0.25, "D"))
     budget_s = 120
-    forbid = (Rule("llmcourse.data", "learn from `train_text` only: the course's data module knows the "
-                   "language's true probabilities"),)
+    contexts = {False: CONTEXTS, True: CONTEXTS}
     attempts = (Attempt("untrained model", _untrained, 0.0),
                 Attempt("the reference model after 60 steps", _short, 0.5),
                 Attempt("character unigram", unigram_baseline, 0.0))
-
-    def cases(self, seed: int, hidden: bool) -> list[Case]:
-        return [word_start_case(seed, CONTEXTS)]
-
-    def truth(self, case: Case):
-        return next_byte_truth(case.args[1])
 
     def reference(self, train_text, contexts):
         return ref.fit_and_predict(train_text, contexts)
