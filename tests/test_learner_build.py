@@ -43,8 +43,10 @@ KNOWN_LAB_ANSWERS = {
                          ("pretraining", "eval_windows")},
     # the lab times with reference.timing.time_fn (the answer of 09.timer)
     ("09", "lab"): {("timing", "time_fn")},
-    # the lab trains reference.positions.PositionLM, whose ALiBi variant calls alibi_bias
-    ("10", "inside"): {("positions", "alibi_bias"), ("positions", "alibi_slopes")},
+    # the lab trains reference.positions.PositionLM, whose ALiBi variant calls alibi_bias; it
+    # also loads the course's tiny GPT (llmcourse.pretrained), whose blocks call layer_norm
+    ("10", "inside"): {("positions", "alibi_bias"), ("positions", "alibi_slopes"),
+                       ("transformer", "layer_norm")},
 }
 
 
