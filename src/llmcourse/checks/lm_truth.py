@@ -76,7 +76,7 @@ def _word_start_challenge():
         metric = "cross_entropy_bits"
         unit = "bits/char"
         relative_to_floor = True
-        contexts = {False: 1500, True: 1500}
+        contexts = {False: 1500, True: 1500}  # {hidden: contexts}: public and hidden the same size by default
         forbid = (Rule("llmcourse.data", "learn from `train_text` only: the course's data module "
                        "knows the language's true probabilities"),)
 

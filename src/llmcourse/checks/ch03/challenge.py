@@ -8,7 +8,6 @@ from .. import register
 from ..challenge import Attempt, Band
 from ..lm_truth import WordStartChallenge, unigram_baseline
 
-CONTEXTS = 1500  # public and hidden cases are the same size
 # The instructor's efficient configuration: chapter 04's model with a layer half as wide, a
 # higher learning rate and 300 steps instead of 800.
 EFFICIENT = dict(hidden=128, steps=300, lr=6e-3)
@@ -29,7 +28,6 @@ class EfficientInBudget(WordStartChallenge):
     entry = "train_and_predict"
     bands = (Band(0.55, 1.0, "A"), Band(0.8, 0.75, "B"), Band(1.4, 0.5, "C"), Band(2.5, 0.25, "D"))
     budget_s = 40
-    contexts = {False: CONTEXTS, True: CONTEXTS}
     attempts = (Attempt("untrained model", _untrained, 0.0),
                 Attempt("the reference model after 40 steps", _short, 0.5),
                 Attempt("character unigram", unigram_baseline, 0.0))

@@ -8,7 +8,6 @@ from .. import register
 from ..challenge import Attempt, Band
 from ..lm_truth import WordStartChallenge, unigram_baseline
 
-CONTEXTS = 1500  # public and hidden cases are the same size
 
 
 def _untrained(train_text, contexts):
@@ -26,7 +25,6 @@ class PretrainInBudget(WordStartChallenge):
     entry = "pretrain_and_predict"
     bands = (Band(0.45, 1.0, "A"), Band(0.7, 0.75, "B"), Band(1.2, 0.5, "C"), Band(2.0, 0.25, "D"))
     budget_s = 120
-    contexts = {False: CONTEXTS, True: CONTEXTS}
     attempts = (Attempt("untrained model", _untrained, 0.0),
                 Attempt("the reference model after 60 steps", _short, 0.5),
                 Attempt("character unigram", unigram_baseline, 0.0))
