@@ -139,6 +139,34 @@ def eval_windows(tokens, block_size):
     x = tokens[:n * block_size].view(n, block_size)
     y = tokens[1:n * block_size + 1].view(n, block_size)
     return x, y
+
+
+def _one_order(order, num_predict):
+    T = len(order)
+    rank = [0] * T
+    for t, p in enumerate(order):
+        rank[p] = t
+    c = T - num_predict
+    content = torch.zeros(T, T, dtype=torch.bool)
+    query = torch.zeros(T, T, dtype=torch.bool)
+    for i in range(T):
+        for j in range(T):
+            content[i, j] = rank[j] <= rank[i] or rank[j] < c
+            query[i, j] = rank[j] < rank[i] or rank[j] < c
+    targets = torch.tensor([rank[p] >= c for p in range(T)])
+    return content, query, targets
+
+
+def partial_prediction(z, num_predict):
+    rows = [z.tolist()] if z.dim() == 1 else z.tolist()
+    parts = [_one_order(order, num_predict) for order in rows]
+    stacked = tuple(torch.stack(p) for p in zip(*parts))
+    return stacked if z.dim() == 2 else tuple(s[0] for s in stacked)
+
+
+def two_stream_masks(z):
+    content, query, _ = partial_prediction(z, z.shape[-1])
+    return content, query
 '''
 
 
