@@ -21,6 +21,9 @@ from llmcourse.grading.submissions import SourceIndex
 
 pytestmark = pytest.mark.slow
 CHAPTERS = chapter_names()
+# The two tests that read a chapter's graded solutions share one worker (and so one grading
+# run, cached by `graded`): on separate xdist workers each would grade the chapter again.
+SOLVED = [pytest.param(c, marks=pytest.mark.xdist_group(f"solved-{c}")) for c in CHAPTERS]
 # End to end, the first PACKS mistakes of every exercise go through nbgrader (each pack is
 # one notebook run); LLMCOURSE_E2E_PACKS=0 runs them all. Every mistake of every exercise is
 # proven to fail and be named in-process by tests/test_catalogs.py, through the same check.
@@ -85,7 +88,7 @@ def _replace_definition(nb: dict, entry: str, source: str) -> None:
     raise AssertionError(f"no answer cell defines {entry}")
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
+@pytest.mark.parametrize("chapter", SOLVED)
 def test_solutions_score_full_marks(chapter):
     _, rows, _, _ = graded(chapter, "solutions")
     assert len(rows) == len(notebooks(chapter))
@@ -120,7 +123,7 @@ def test_every_cataloged_mistake_loses_points_and_is_named(chapter):
             assert mistake in cell["reason"], f"{student}: diagnosis {mistake!r} not in {cell['reason']!r}"
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
+@pytest.mark.parametrize("chapter", SOLVED)
 def test_feedback_does_not_leak_hidden_tests(chapter):
     _, rows, _, course = graded(chapter, "solutions")
     hidden = []
