@@ -1,7 +1,10 @@
 """environment.yml (conda users) lists exactly the dependencies of pyproject.toml."""
 
+import os
 import re
 import tomllib
+
+import pytest
 
 from conftest import ROOT
 
@@ -26,3 +29,12 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make book" in readme and "make test" in readme
+
+
+@pytest.mark.xdist_group("environment")
+def test_xdist_groups_hold(request):
+    """Under `--dist loadgroup` a grouped test's id carries its group, which is how the
+    scheduler keeps a group on one worker (the book is built once, a chapter graded once).
+    pytest 9.2 broke this silently with pytest-xdist 3.8: every group was split."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getvalue("loadgroup"):
+        assert request.node.nodeid.endswith("@environment"), request.node.nodeid
