@@ -98,6 +98,23 @@ def test_cross_entropy_bits_against_closed_forms():
     assert math.isinf(cross_entropy_bits(item(p), item(zero_on_support))[0])
 
 
+def test_bits_vs_baseline_is_a_paired_difference():
+    """Figure = H(p, q) - H(p, q_base) on the same rows; floor = H(p) - H(p, q_base)."""
+    from llmcourse.checks.challenge import bits_vs_baseline
+
+    p = np.array([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    base = np.log(np.full((2, 4), 0.25))  # H(p, uniform) = 2 bits
+    q = np.log(np.array([[0.4, 0.4, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1]]))
+    truth = [("output", None, "tuple[2]"), ("output[0]", p, "torch.float64"),
+             ("output[1]", base, "torch.float64")]
+    fig, floor = bits_vs_baseline(truth, [("output", q, "torch.float64")])
+    ce_q = (-(0.5 * math.log2(0.4)) * 2 - math.log2(0.7)) / 2
+    assert fig == pytest.approx(ce_q - 2.0) and floor == pytest.approx(0.5 - 2.0)
+    assert bits_vs_baseline(truth, [("output", base, "torch.float64")])[0] == pytest.approx(0.0)
+    with pytest.raises(ChallengeError, match="baseline"):
+        bits_vs_baseline(truth[:2], [("output", q, "torch.float64")])
+
+
 def test_other_metrics_against_closed_forms():
     from llmcourse.checks.challenge import (abs_log_error, accuracy, expected_calibration_error,
                                             relative_error)

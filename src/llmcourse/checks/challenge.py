@@ -264,6 +264,24 @@ def relative_error_float16(truth: list[Item], got: list[Item]) -> tuple[float, N
 METRICS["relative_error_float16"] = relative_error_float16
 
 
+def bits_vs_baseline(truth: list[Item], got: list[Item]) -> tuple[float, float]:
+    """:func:`cross_entropy_bits` of the learner minus that of a baseline model measured on the
+    same rows (negative = better than the baseline). The truth holds the true distributions
+    ``p`` and the baseline's log-probabilities, both (N, V); the floor is H(p) minus the
+    baseline's cross-entropy: the most any model can gain over it. A paired difference: the
+    sampling noise of the rows, which moves both figures together, cancels."""
+    pair = [item for item in truth if item[1] is not None]
+    if len(pair) != 2:
+        raise ChallengeError("the truth must hold the true distributions and the baseline's "
+                             "log-probabilities")
+    learner, floor = cross_entropy_bits(pair[:1], got)
+    baseline, _ = cross_entropy_bits(pair[:1], pair[1:])
+    return learner - baseline, floor - baseline
+
+
+METRICS["bits_vs_baseline"] = bits_vs_baseline
+
+
 def band(meta: dict, figure: float, floor: float | None) -> tuple[float, str]:
     """(credit, band name) of a figure; the bottom band is (0, "below every band")."""
     x = figure - floor if (meta["relative_to_floor"] and floor is not None) else figure
