@@ -272,7 +272,7 @@ def test_adamw_check_runs_100_steps_and_rejects_plain_adam():
 def test_pretraining_notebook_may_import_the_trainer_but_not_the_batching_answers(learner):
     ok = learner('''
     from llmcourse.reference.gpt import GPT, GPTConfig
-    from llmcourse.reference.training import TrainConfig, encode, evaluate_lm, make_optimizer, train_lm
+    from llmcourse.reference.training import TrainConfig, encode, evaluate_windows, make_optimizer, train_steps
     import torch
 
     def eval_windows(tokens, block_size):
@@ -288,3 +288,12 @@ def test_pretraining_notebook_may_import_the_trainer_but_not_the_batching_answer
     ''', name="cheater_ch04")
     result = run(get("04.get_batch"), bad.get_batch)
     assert result.status == "forbidden" and "training.get_batch" in str(result)
+    # train_lm batches with the reference get_batch: calling it is refused too
+    via_trainer = learner('''
+    from llmcourse.reference.training import evaluate_lm
+
+    def eval_windows(tokens, block_size):
+        return evaluate_lm
+    ''', name="cheater_ch04_trainer")
+    result = run(get("04.eval_windows"), via_trainer.eval_windows)
+    assert result.status == "forbidden" and "training.evaluate_lm" in str(result)

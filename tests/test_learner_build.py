@@ -37,10 +37,6 @@ CHAPTERS = sorted({e.id[:2] for e in all_exercises()})
 # run-time operator record stand in the way). Fixing one means the lab cells use the
 # learner's function (or a lab-only helper that is not the answer); then remove it here.
 KNOWN_LAB_ANSWERS = {
-    # the lab trains with reference.training.train_lm / evaluate_lm, which batch with
-    # get_batch and evaluate with eval_windows (04.get_batch, 04.eval_windows)
-    ("04", "pretrain"): {("training", "get_batch"), ("training", "eval_windows"),
-                         ("pretraining", "eval_windows")},
     # the lab times with reference.timing.time_fn (the answer of 09.timer)
     ("09", "lab"): {("timing", "time_fn")},
     # the lab trains reference.positions.PositionLM, whose ALiBi variant calls alibi_bias; it

@@ -75,14 +75,21 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-@torch.no_grad()
 def evaluate_lm(model: nn.Module, tokens: torch.Tensor, block_size: int, batch_size: int = 32,
                 max_windows: int | None = None) -> float:
     """Mean cross-entropy (nats per token) over consecutive non-overlapping windows of a
     held-out stream: deterministic, every token scored once (up to ``max_windows``)."""
+    x, y = eval_windows(tokens, block_size)
+    return evaluate_windows(model, x, y, batch_size, max_windows)
+
+
+@torch.no_grad()
+def evaluate_windows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 32,
+                     max_windows: int | None = None) -> float:
+    """Mean cross-entropy (nats per token) of ``model`` on given windows (x, y), e.g. a
+    learner's own ``eval_windows`` (chapter 04's pre-training notebook passes them)."""
     was_training = model.training
     model.eval()
-    x, y = eval_windows(tokens, block_size)
     if max_windows is not None:
         x, y = x[:max_windows], y[:max_windows]
     if len(x) == 0:
@@ -136,6 +143,18 @@ def train_lm(model: nn.Module, tokens: torch.Tensor, cfg: TrainConfig,
     Resumable: call it again with the same optimizer and history and a later ``start_step``
     (notebooks train in chunks that each fit a cell's time limit). ``loss_fn(model, x, y)``
     replaces the plain next-token loss (distillation passes its own)."""
+    def batches(gen: torch.Generator):
+        return get_batch(tokens, cfg.batch_size, cfg.block_size, gen)
+
+    return train_steps(model, batches, cfg, optimizer, start_step, stop_step, history, loss_fn)
+
+
+def train_steps(model: nn.Module, batches, cfg: TrainConfig,
+                optimizer: torch.optim.Optimizer | None = None, start_step: int = 0,
+                stop_step: int | None = None, history: History | None = None,
+                loss_fn=None) -> History:
+    """:func:`train_lm` with the batches from ``batches(gen) -> (x, y)``, a generator seeded
+    by the step alone (chapter 04's pre-training notebook passes the learner's get_batch)."""
     optimizer = optimizer or make_optimizer(model, cfg)
     history = history or History()
     stop = cfg.steps if stop_step is None else min(stop_step, cfg.steps)
@@ -147,7 +166,7 @@ def train_lm(model: nn.Module, tokens: torch.Tensor, cfg: TrainConfig,
         for group in optimizer.param_groups:
             group["lr"] = lr
         gen.manual_seed(cfg.seed * 1_000_003 + step)  # batch depends on the step alone
-        x, y = get_batch(tokens, cfg.batch_size, cfg.block_size, gen)
+        x, y = batches(gen)
         loss = loss_fn(model, x, y) if loss_fn is not None else lm_loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,7 +1,8 @@
 """pretrain.ipynb: random training windows and consecutive evaluation windows.
 
-The notebook trains with the course's GPT and trainer, so those names may be imported
-there (``allow_reference``); ``get_batch`` and ``eval_windows`` themselves stay off limits.
+The notebook trains with the course's GPT and training loop, fed by the learner's own
+``get_batch`` and ``eval_windows``: those names may be imported there (``allow_reference``);
+the answers (and ``train_lm`` / ``evaluate_lm``, which call them) stay off limits.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from ..core import Case, Exercise, Mistake
 from ..kit import SeededExercise, draw_seed, generator
 
 
-# The pre-training notebook trains with the course's GPT and trainer: those names may be
-# imported there; get_batch / cosine_lr of the same module (the answers) stay off limits.
+# The pre-training notebook trains with the course's GPT and training loop: those names may
+# be imported there; get_batch / eval_windows (the answers), and train_lm / evaluate_lm that
+# call them, stay off limits (the notebook passes the learner's own to train_steps).
 TRAINER_ALLOWED = ("gpt",) + tuple(f"training.{n}" for n in (
-    "TrainConfig", "History", "VOCAB_SIZE", "encode", "decode", "evaluate_lm", "lm_loss",
-    "make_optimizer", "train_lm"))
+    "TrainConfig", "History", "VOCAB_SIZE", "encode", "decode", "evaluate_windows", "lm_loss",
+    "make_optimizer", "train_steps"))
 TRAINER_WHY = ("write it yourself instead of calling the course's reference (only its GPT and "
-               "train_lm, evaluate_lm, encode, decode ... are allowed here)")
+               "train_steps, evaluate_windows, encode, decode ... are allowed here)")
 
 
 # ---------------------------------------------------------------------------------------
