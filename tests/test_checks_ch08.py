@@ -161,7 +161,7 @@ def excess_per_char(token_log_probs, mask, exact_log_probs, domains, n_domains):
 
 
 def test_chapter_registers_its_exercises():
-    assert [e.id for e in all_exercises("08")] == IDS
+    assert [e.id for e in all_exercises("08") if getattr(e, "kind", "") != "challenge"] == IDS
 
 
 @pytest.mark.parametrize("exercise_id", IDS)

@@ -37,8 +37,6 @@ CHAPTERS = sorted({e.id[:2] for e in all_exercises()})
 # run-time operator record stand in the way). Fixing one means the lab cells use the
 # learner's function (or a lab-only helper that is not the answer); then remove it here.
 KNOWN_LAB_ANSWERS = {
-    # the lab times with reference.timing.time_fn (the answer of 09.timer)
-    ("09", "lab"): {("timing", "time_fn")},
     # the lab trains reference.positions.PositionLM, whose ALiBi variant calls alibi_bias; it
     # also loads the course's tiny GPT (llmcourse.pretrained), whose blocks call layer_norm
     ("10", "inside"): {("positions", "alibi_bias"), ("positions", "alibi_slopes"),
