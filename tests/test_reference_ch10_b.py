@@ -181,7 +181,8 @@ def test_alibi_bias_gives_bloom_attention(n_heads, T):
 @pytest.mark.parametrize("kind", positions.KINDS)
 def test_position_lm_is_causal_and_runs_past_the_training_length(kind):
     torch.manual_seed(0)
-    m = positions.PositionLM(kind, d=16, n_layer=1, n_head=2, max_len=40).eval()
+    m = positions.PositionLM(kind, d=16, n_layer=1, n_head=2, max_len=40,
+                             alibi_fn=positions.alibi_bias).eval()
     idx = torch.randint(0, 256, (2, 40))
     out = m(idx)
     changed = idx.clone()
@@ -197,7 +198,9 @@ def test_position_lm_is_causal_and_runs_past_the_training_length(kind):
 
 def test_loss_by_position_averages_to_the_window_loss():
     torch.manual_seed(0)
-    m = positions.PositionLM("alibi", d=16, n_layer=1, n_head=2)
+    m = positions.PositionLM("alibi", d=16, n_layer=1, n_head=2, alibi_fn=positions.alibi_bias)
+    with pytest.raises(ValueError, match="alibi_fn"):
+        positions.PositionLM("alibi", d=16, n_layer=1, n_head=2)
     tokens = torch.randint(0, 256, (500,))
     per = positions.loss_by_position(m, tokens, 20, 10)
     x = tokens[:200].reshape(10, 20)

@@ -19,7 +19,8 @@ row, so the softmax is the same.
 ``"sinusoidal"`` (added to the input, whose
 embeddings are first multiplied by sqrt(d) as in Vaswani et al. 2017: the table's entries are of
 size 1, the embeddings' of size 0.02), ``"rope"`` (rotating q and k) or ``"alibi"`` (the bias
-above; ``alibi_fn`` lets a notebook pass its own bias function). It can be run on windows
+above, from ``alibi_fn``, which ``"alibi"`` needs: the notebook passes the learner's own, so
+that its learner build does not carry the answer; pass :func:`alibi_bias` elsewhere). It can be run on windows
 longer than it was trained on, which the length-extrapolation experiment does.
 """
 
@@ -62,7 +63,9 @@ def alibi_bias(n_heads: int, T: int, dtype: torch.dtype = torch.float32) -> torc
 class _Attention(nn.Module):
     def __init__(self, d: int, n_head: int, kind: str, alibi_fn=None):
         super().__init__()
-        self.n_head, self.kind, self.alibi_fn = n_head, kind, alibi_fn or alibi_bias
+        if kind == "alibi" and alibi_fn is None:
+            raise ValueError("kind='alibi' needs alibi_fn, e.g. positions.alibi_bias or your own")
+        self.n_head, self.kind, self.alibi_fn = n_head, kind, alibi_fn
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
 
