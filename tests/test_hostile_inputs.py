@@ -304,6 +304,41 @@ def test_no_sandbox_means_refusal_in_one_line(tmp_path):
     assert "no sandbox available" in lines[0] and "--unsafe-no-sandbox" in lines[0]
 
 
+DISABLED_USERNS = """
+import sys
+from llmcourse.grading import sandbox
+sandbox.root_mode = lambda: False  # the unprivileged grader's path (uid 0 only in this namespace)
+from llmcourse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_where_user_namespaces_are_disabled_an_unprivileged_grader_refuses(tmp_path):
+    """In a user namespace whose limit on nested user namespaces is 0 (as on hosts with
+    user.max_user_namespaces = 0), bwrap cannot make the sandbox's user namespace: the
+    grader says so in one line and grades nothing, instead of running the kernel bare."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--user", "--map-root-user", "true"],
+                                         capture_output=True).returncode != 0:
+        pytest.skip("unshare --user is not available here")
+    save(tmp_path / "s" / "alice" / f"{NB}.ipynb", filled_student_notebook(CH, NB))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DISABLED_USERNS)
+    script = ('echo 0 > /proc/sys/user/max_user_namespaces && ! unshare --user true 2>/dev/null '
+              '&& exec "$0" "$@"')
+    p = subprocess.run([unshare, "--user", "--map-root-user", "sh", "-c", script, sys.executable,
+                        str(driver), "grade", str(tmp_path / "s"), "--course-dir",
+                        str(tmp_path / "course")], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr[-2000:])
+    assert "no sandbox available" in lines[0] and "user namespace" in lines[0], lines[0]
+    assert "--unsafe-no-sandbox" in lines[0]
+    assert not (tmp_path / "course" / "feedback").exists()
+
+
 def test_plain_nbgrader_autograde_refuses():
     from nbformat.v4 import new_notebook
 
