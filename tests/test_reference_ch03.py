@@ -510,6 +510,7 @@ def test_regularized_evolution_finds_the_optimum_of_a_known_score():
     assert all(count_parameters(M.ModernLM(S.arch_config(a))) < 40_000 for a in capped.archs)
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_triton_flash_forward_on_gpu():  # pragma: no cover - needs CUDA
     from llmcourse.reference import flash_triton as FT

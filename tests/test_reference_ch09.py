@@ -148,6 +148,7 @@ def test_attention_peak_bytes_closed_forms():
         roofline_ref.attention_peak_bytes(1, 1, 1, 1, 1, "magic")
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_attention_peak_memory_on_gpu_is_above_the_estimate():
     B, H, S, d = 2, 4, 2048, 64
@@ -161,6 +162,7 @@ def test_attention_peak_memory_on_gpu_is_above_the_estimate():
     assert chunked < naive / 2 and flash < naive / 10
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_chunked_attention_on_gpu_bf16():
     q, k, v = (torch.randn(2, 4, 1000, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -197,6 +199,7 @@ def test_fake_stream_needs_sync():
     assert naive["median_ms"] < 5  # the launch alone; generous for a loaded CI machine
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_cuda_sleep_timed_with_events_and_with_sync():
     with timing_ref.SleepWorkload([8], "async", device="cuda") as work:
@@ -273,6 +276,7 @@ def test_triton_module_imports_without_triton():
             TS.triton_softmax(x)
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_triton_softmax_matches_torch():
     from llmcourse.reference import triton_softmax as TS
