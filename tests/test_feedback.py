@@ -425,6 +425,40 @@ def messages(chapter: str) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def test_an_output_that_aliases_an_input_passes_with_a_note(learner):
+    """A right answer that returns a view of its input passes, with one note saying so,
+    where the reference returns a new tensor; a copy gets no note."""
+    mod = learner('''
+    import torch
+
+    def eval_windows(tokens, block_size):
+        n = (len(tokens) - 1) // block_size
+        return tokens[:n * block_size].view(n, block_size), tokens[1:n * block_size + 1].view(n, block_size)
+
+    def eval_windows_copy(tokens, block_size):
+        x, y = eval_windows(tokens, block_size)
+        return x.clone(), y.clone()
+    ''')
+    ex = get("04.eval_windows")
+    assert not any(ex.reference_shares_input(c) for c in ex.cases(0, False))
+    r = run(ex, mod.eval_windows)
+    assert r.status == "pass" and "shares memory with argument 1" in str(r), str(r)
+    assert str(r).count("\n") == 1
+    r = run(ex, mod.eval_windows_copy)
+    assert r.status == "pass" and "\n" not in str(r), str(r)
+
+
+def test_no_alias_note_where_the_reference_is_a_view_too():
+    from llmcourse.checks.core import shared_input
+
+    ex = get("02.to_hf_gpt2")  # the reference's state dict holds views of the course's weights
+    case = ex.cases(0, False)[0]
+    assert ex.reference_shares_input(case)
+    r = run(ex, ex.reference)
+    assert r.status == "pass" and "Note" not in str(r)
+    assert shared_input(torch.zeros(3), case) is None
+
+
 CHAPTER_IDS = sorted({e.id.split(".")[0] for e in all_exercises()})
 
 

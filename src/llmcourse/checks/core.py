@@ -96,6 +96,14 @@ class Exercise:
     def expected(self, case: Case):
         return self.call(self.reference, case)
 
+    def reference_shares_input(self, case: Case) -> bool:
+        """Does the reference's output share memory with an input on this case (a view of
+        it)? Then a learner's view is no slip (see :func:`shared_input`)."""
+        from .runner import _clone
+
+        c = _clone(case)
+        return shared_input(self.call(self.reference, c), c) is not None
+
     @property
     def rules(self) -> tuple[Rule, ...]:
         """The forbidden shortcuts, in the order they are tried on each name the code uses:
@@ -282,3 +290,47 @@ def exception_line(exc: BaseException) -> str:
     """An exception as one short line: ``TypeError: message``."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs that alias inputs
+
+
+def _tensors(value):
+    if hasattr(value, "untyped_storage") and hasattr(value, "dtype"):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def shared_input(output, case: Case) -> str | None:
+    """The input (``"argument 2"``, ``"`mask`"``) that a tensor of ``output`` shares memory
+    with, e.g. a slice or a ``.view`` of it; None when every output tensor is new."""
+    def ptr(t):
+        try:
+            return t.untyped_storage().data_ptr() if t.numel() else None
+        except (RuntimeError, AttributeError):  # a tensor without storage (meta, sparse, ...)
+            return None
+
+    inputs = [(f"argument {i + 1}", a) for i, a in enumerate(case.args)]
+    inputs += [(f"`{k}`", v) for k, v in case.kwargs.items()]
+    owners = {}
+    for name, value in inputs:
+        for t in _tensors(value):
+            p = ptr(t)
+            if p is not None:
+                owners.setdefault(p, name)
+    for t in _tensors(output):
+        p = ptr(t)
+        if p is not None and p in owners:
+            return owners[p]
+    return None
+
+
+ALIAS_NOTE = ("Note - your output shares memory with {name} (it is a view of it: a slice, "
+              "`.view`, `.T`, ...), so changing either in place later changes the other; the "
+              "reference returns a new tensor (`.clone()` makes one).")

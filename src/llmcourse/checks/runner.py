@@ -18,7 +18,7 @@ import sys
 import traceback
 import types
 
-from .core import Case, Exercise, Mistake, compare, flatten, tolerance
+from .core import ALIAS_NOTE, Case, Exercise, Mistake, compare, flatten, shared_input, tolerance
 from .forbidden import violations_for
 
 _PACKAGE = __name__.rpartition(".")[0]
@@ -110,6 +110,7 @@ class Result:
         elif isinstance(diagnoses, Mistake):
             diagnoses = (diagnoses,)
         self.detail, self.diagnoses, self.uses = detail, tuple(diagnoses), uses
+        self.note = ""  # on a pass: a slip that leaves the values right
 
     @property
     def diagnosis(self) -> Mistake | None:
@@ -121,7 +122,8 @@ class Result:
     def __str__(self) -> str:
         head = f"{self.exercise.id} ({self.exercise.entry})"
         if self.status == "pass":
-            return f"PASS {head}: all {self.n_cases} cases match the reference."
+            text = f"PASS {head}: all {self.n_cases} cases match the reference."
+            return text + (f"\n  {self.note}" if self.note else "")
         if self.status == "not implemented":
             return (f"TODO {head}: not implemented yet - replace `raise NotImplementedError()` "
                     "with your code, run that cell, then this one.")
@@ -360,6 +362,7 @@ def run(exercise: Exercise, fn, *, seed: int | None = None, hidden: bool = False
     cases = exercise.cases(seed, hidden)
     slot = _slot(exercise, seed, hidden, cases)
     outcomes: list = []
+    note = None  # a slip that does not change the values (an output that aliases an input)
     first: tuple[int, str, str] | None = None  # (index, status, detail)
     passed = 0
     for i, case in enumerate(cases):
@@ -373,7 +376,8 @@ def run(exercise: Exercise, fn, *, seed: int | None = None, hidden: bool = False
                 if isinstance(got, BaseException):
                     raise got
             else:
-                got = flatten(exercise.call(fn, mine))
+                raw = exercise.call(fn, mine)
+                got = flatten(raw)
         except NotImplementedError:
             return Result(exercise, "not implemented", len(cases), 0)
         except Exception as exc:  # noqa: BLE001 - the learner's bug, reported in one line
@@ -395,8 +399,14 @@ def run(exercise: Exercise, fn, *, seed: int | None = None, hidden: bool = False
                                     "compute new tensors instead (no `-=`, `exp_()`, `x[...] = `)")
         else:
             passed += 1
+            if note is None and not known:
+                name = shared_input(raw, mine)
+                if name and not exercise.reference_shares_input(case):
+                    note = ALIAS_NOTE.format(name=name)
     if first is None:
-        return Result(exercise, "pass", len(cases), len(cases))
+        r = Result(exercise, "pass", len(cases), len(cases))
+        r.note = note or ""
+        return r
     index, status, detail = first
     uses = _failing_dependency(exercise, fn, _depth)
     found = () if "Slip - " in detail or "in place" in detail else diagnose(

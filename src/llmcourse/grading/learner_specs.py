@@ -113,6 +113,9 @@ def make_exercise(spec: dict, arrays: dict) -> Exercise:
                          codec.decode(c["kwargs"], arrays), c["rtol"], c["atol"])
                     for c in spec["cases"]]
 
+        def reference_shares_input(self, case):
+            return bool(spec["cases"][self._index[case.label]].get("ref_shares", False))
+
         def expected(self, case):
             ci = self._index[case.label]
             items = protocol.expected_items(arrays, self.id, ci, spec["cases"][ci]["expected"])
@@ -234,7 +237,8 @@ def public_data(ex, seed: int) -> tuple[dict, dict]:
         cases.append({"label": case.label, "rtol": case.rtol, "atol": case.atol,
                       "args": codec.encode(tuple(case.args), arrays, protocol.key(ex.id, ci, "a")),
                       "kwargs": codec.encode(case.kwargs, arrays, protocol.key(ex.id, ci, "k")),
-                      "expected": meta, "mistakes": ms})
+                      "expected": meta, "mistakes": ms,
+                      "ref_shares": bool(ex.reference_shares_input(case))})
     spec = {"id": ex.id, "entry": ex.entry, "kind": spec_kind(ex),
             "init": list(getattr(ex, "init", ())), "optional": list(getattr(ex, "optional", ())),
             "allow_reference": list(ex.allow_reference),
