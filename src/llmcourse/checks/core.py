@@ -99,7 +99,7 @@ class Exercise:
     def reference_shares_input(self, case: Case) -> bool:
         """Does the reference's output share memory with an input on this case (a view of
         it)? Then a learner's view is no slip (see :func:`shared_input`)."""
-        from .runner import _clone
+        from .diagnosis import _clone
 
         c = _clone(case)
         return shared_input(self.call(self.reference, c), c) is not None
