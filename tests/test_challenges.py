@@ -363,6 +363,14 @@ def test_language_model_challenges_share_one_truth_and_no_chapter_imports():
     assert torch.allclose(p.sum(1), torch.ones(50, dtype=torch.float64))
     support = {chr(b) for b in p.nonzero()[:, 1].tolist()}
     assert support and " " not in support and any(ch.isalpha() for ch in support), sorted(support)
+    # 08.unseen_domain: the same helpers, in its held-out domain's own language
+    ex = get("08.unseen_domain")
+    (case,) = ex.cases(0, False)
+    contexts = case.args[2]
+    assert contexts and all(c.endswith(" ") for c in contexts)
+    truth, _baseline = ex.truth(case)
+    assert torch.equal(truth, next_byte_truth(contexts, "mixed"))
+    assert not torch.equal(truth, next_byte_truth(contexts))  # not the default language's
 
 
 @pytest.mark.parametrize("ex", CHALLENGES, ids=ids)

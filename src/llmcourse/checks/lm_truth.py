@@ -1,5 +1,5 @@
 """The next byte at word starts of the synthetic language: held-out contexts and their exact
-truth, shared by the language-model challenges (chapters 01, 03, 04) so that no chapter's
+truth, shared by the language-model challenges (chapters 01, 03, 04, 08) so that no chapter's
 checks import another's.
 
 * :func:`word_start_contexts`: one context per document, the document up to a random word
@@ -17,28 +17,40 @@ import torch
 VOCAB = 256
 
 
-def word_start_contexts(seed: int, n: int) -> list[str]:
-    """One context per document of ``documents(n, seed=seed)``: the document up to a random
-    word start (after a space)."""
+def word_start_contexts(seed: int, n: int, domain: str | None = None) -> list[str]:
+    """One context per document of ``documents(n, seed=seed)`` (of chapter 08's ``domain``
+    when given): the document up to a random word start (after a space)."""
     from ..data import documents
     from ..data.next_token import word_boundaries
 
+    if domain is not None:
+        from ..data import domains
+
+        docs = domains.documents(domain, n, seed=seed)
+    else:
+        docs = documents(n, seed=seed)
     rng, out = random.Random(seed), []
-    for doc in documents(n, seed=seed):
+    for doc in docs:
         starts = word_boundaries(doc)
         if starts:
             out.append(doc[:rng.choice(starts)])
     return out
 
 
-def next_byte_truth(contexts: list[str]) -> torch.Tensor:
-    """p[n, b] = the true probability that byte ``b`` follows ``contexts[n]``."""
+def next_byte_truth(contexts: list[str], domain: str | None = None) -> torch.Tensor:
+    """p[n, b] = the true probability that byte ``b`` follows ``contexts[n]`` (in chapter
+    08's ``domain`` when given)."""
     from ..data.next_token import next_byte_distribution
 
+    kw = {}
+    if domain is not None:
+        from ..data import domains
+
+        kw["language"] = domains.LANGUAGES[domain]
     p = torch.zeros(len(contexts), VOCAB, dtype=torch.float64)
     for r, ctx in enumerate(contexts):
-        for ch, q in next_byte_distribution(ctx).items():
-            p[r, ord(ch)] += q
+        for ch, q in next_byte_distribution(ctx, **kw).items():
+            p[r, min(ord(ch), VOCAB - 1)] += q
     return p
 
 

@@ -14,7 +14,6 @@ and cancels; the gain of experts over the dense model (about 0.02 bits) does not
 from __future__ import annotations
 
 import math
-import random
 
 import torch
 
@@ -23,33 +22,9 @@ from ...reference import domain_mixture as ref
 from .. import register
 from ..challenge import Attempt, Band, Challenge
 from ..core import Case, Rule
+from ..lm_truth import next_byte_truth, word_start_contexts
 
 TRAIN_CHARS, ADAPT_CHARS, CONTEXTS = 100_000, 12_000, 1500
-
-
-def _contexts(seed: int, n: int) -> list[str]:
-    """One context per held-out document, cut at a random word start."""
-    from ...data import domains
-    from ...data.next_token import word_boundaries
-
-    rng, out = random.Random(seed), []
-    for doc in domains.documents(domains.HELD_OUT, n, seed=seed):
-        starts = word_boundaries(doc)
-        if starts:
-            out.append(doc[:rng.choice(starts)])
-    return out
-
-
-def _truth(contexts: list[str]) -> torch.Tensor:
-    from ...data import domains
-    from ...data.next_token import next_byte_distribution
-
-    language = domains.LANGUAGES[domains.HELD_OUT]
-    p = torch.zeros(len(contexts), 256, dtype=torch.float64)
-    for r, ctx in enumerate(contexts):
-        for ch, q in next_byte_distribution(ctx, language).items():
-            p[r, min(ord(ch), 255)] += q
-    return p
 
 
 def _uniform_experts(domain_texts, adapt_text, contexts):
@@ -83,11 +58,14 @@ class UnseenDomain(Challenge):
 
         texts = {d: domains.corpus(d, TRAIN_CHARS, seed=1000 + seed) for d in domains.TRAIN_DOMAINS}
         adapt = domains.corpus(domains.HELD_OUT, ADAPT_CHARS, seed=2000 + seed)
-        return [Case("held-out domain 'mixed', word starts", (texts, adapt, _contexts(5000 + seed, CONTEXTS)))]
+        contexts = word_start_contexts(5000 + seed, CONTEXTS, domain=domains.HELD_OUT)
+        return [Case("held-out domain 'mixed', word starts", (texts, adapt, contexts))]
 
     def truth(self, case: Case):
+        from ...data import domains
+
         texts, adapt, contexts = case.args
-        return _truth(contexts), ref.dense_baseline(texts, adapt, contexts)
+        return next_byte_truth(contexts, domains.HELD_OUT), ref.dense_baseline(texts, adapt, contexts)
 
     def reference(self, domain_texts, adapt_text, contexts):
         return ref.train_and_predict(domain_texts, adapt_text, contexts)
