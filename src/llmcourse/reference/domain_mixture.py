@@ -6,10 +6,11 @@ of the unseen domain, and word-start contexts of that domain to predict. The ref
 
 * one **expert** per training domain, plus one on everything pooled: chapter 01's
   interpolated character n-gram (:func:`~llmcourse.reference.char_model.fit_and_predict`);
-* a **router** whose weights depend on the previous word: on the adaptation sample, the
-  weights ``w_key`` over experts maximise the likelihood of the next byte at every word start
-  that follows that word (EM on a mixture with fixed components, shrunk towards the global
-  weights by ``prior_strength`` pseudo-counts), the global weights for a word never seen;
+* a **router** whose weights depend on the previous ``words`` words (backing off to fewer):
+  on the adaptation sample, the weights ``w_key`` over experts maximise the likelihood of the
+  next byte at every word start that follows that history (EM on a mixture with fixed
+  components, shrunk towards the next-shorter history's weights by ``prior_strength``
+  pseudo-counts), the global weights for a history never seen;
 * the prediction ``log sum_k w_k p_k(next | context)``.
 
 :func:`dense_baseline` is what the figure is measured against: the same n-gram, trained on
