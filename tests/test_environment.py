@@ -38,3 +38,17 @@ def test_xdist_groups_hold(request):
     pytest 9.2 broke this silently with pytest-xdist 3.8: every group was split."""
     if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getvalue("loadgroup"):
         assert request.node.nodeid.endswith("@environment"), request.node.nodeid
+
+
+def test_grader_skips_the_slow_iri_grammar_and_nbformat_still_validates():
+    """llmcourse.grading stops jsonschema from building rfc3987_syntax's grammar (1.7 s per
+    grader process); nbformat must still reject a malformed notebook."""
+    import subprocess
+    import sys
+
+    code = ("import time, sys; t = time.perf_counter(); import llmcourse.grading.runner; "
+            "import nbformat; nbformat.validate(nbformat.v4.new_notebook())\n"
+            "try:\n    nbformat.validate({'cells': 3, 'nbformat': 4})\nexcept nbformat.ValidationError:\n"
+            "    print('rejected')\nprint(sys.modules.get('rfc3987_syntax', 'absent'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["rejected", "None"]

@@ -95,7 +95,9 @@ def _worker_chapter(assignment, root, options, seed):
         private = replace(options, course_dir=scratch / "course")
         private.course_dir.mkdir(parents=True)
         t0 = time.perf_counter()
-        chapter = _prepare(assignment, SourceIndex(root), root, private, seed, BatchDir(scratch / "verify"))
+        cache = options.course_dir if options.course_dir.is_dir() else None  # a remote worker: none
+        chapter = _prepare(assignment, SourceIndex(root), root, private, seed, BatchDir(scratch / "verify"),
+                           cache_root=cache)
         _CHAPTERS[k] = (chapter, time.perf_counter() - t0, scratch)
     return _CHAPTERS[k][:2]
 

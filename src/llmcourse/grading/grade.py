@@ -21,6 +21,7 @@ from pathlib import Path
 from ..checks.core import exception_line
 from .course import nbgrader_config
 from .learner import LearnerBuild, learner_build, notebook_reference_imports, pristine_copy
+from . import prepared
 from .protocol import BatchDir, printable, write_plan
 from .sandbox import NO_SANDBOX, probe
 from .scan import scan
@@ -160,32 +161,48 @@ def _grade_assignment(assignment, subs, index, root, options, seed, vdir, log) -
     return rows
 
 
-def _prepare(assignment, index, root, options, seed, batch: BatchDir) -> Chapter:
-    """The truth and the learner build, from a pristine copy, before any learner code runs."""
+def _prepare(assignment, index, root, options, seed, batch: BatchDir,
+             cache_root: Path | None = None) -> Chapter:
+    """The truth and the learner build, from a pristine copy, before any learner code runs.
+    What does not depend on the seed is kept in ``cache_root`` (default: the course folder)
+    between batches (:mod:`.prepared`)."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
     sources = index.of(assignment)
     exercise_ids = sorted({e for s in sources for g in s.grade_cells.values() for e in g.exercises})
     batch.inputs_dir.mkdir(parents=True, exist_ok=True)
-    pristine, _digest_ = pristine_copy(batch.pristine)
-    maker = build = None
-    if exercise_ids:
-        maker = CaseMaker(seed, str(batch.inputs), exercise_ids, str(batch.public), str(pristine))
-        info = maker.public()
-    else:
-        info = {}
-    build = learner_build(pristine, batch.library, assignment[:2], batch.public, info,
-                          notebook_reference_imports(root / "solutions" / assignment))
-    write_plan(batch.plan, {s.name: {e: entry for g in s.grade_cells.values()
-                                     for e, entry in g.exercises.items()} for s in sources},
-               {e: int(i["budget_s"]) for e, i in info.items() if "budget_s" in i})
+    pristine, digest = pristine_copy(batch.pristine)
     cfg = nbgrader_config(root, options.course_dir, cell_timeout=options.cell_timeout,
                           notebook_timeout=options.notebook_timeout, memory=options.memory,
                           verify_dir=str(batch.root), unsafe=options.unsafe)
-    api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
     db_url = cfg.CourseDirectory.db_url
+    solutions = _digest(root / "solutions" / assignment)
+    # a new sqlite gradebook can start as a copy of one that holds just this chapter's cells
+    db_file = Path(db_url[len("sqlite:///"):]) if db_url.startswith("sqlite:///") else None
+    fresh = db_file if db_file is not None and not db_file.exists() else None
+    cached = prepared.entry_dir(cache_root or options.course_dir,
+                               prepared.cache_key(digest, solutions, assignment, exercise_ids))
+    kept = None if options.unsafe else prepared.restore(cached, batch.library, batch.public, fresh)
+    maker = None
+    if exercise_ids:  # the hidden cases: every batch, from its seed
+        maker = CaseMaker(seed, str(batch.inputs), exercise_ids,
+                          "-" if kept else str(batch.public), str(pristine))
+    if kept:
+        info, build = kept.info, kept.build
+        if kept.gradebook:
+            _stamp(db_url).write_text(json.dumps({assignment: solutions}))
+    else:
+        info = maker.public() if maker is not None else {}
+        build = learner_build(pristine, batch.library, assignment[:2], batch.public, info,
+                              notebook_reference_imports(root / "solutions" / assignment))
+    write_plan(batch.plan, {s.name: {e: entry for g in s.grade_cells.values()
+                                     for e, entry in g.exercises.items()} for s in sources},
+               {e: int(i["budget_s"]) for e, i in info.items() if "budget_s" in i})
+    api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
     _ensure_assignment(api, assignment, db_url, root)
+    if not options.unsafe and (not kept or (fresh is not None and not kept.gradebook)):
+        prepared.store(cached, info, build, batch.public, fresh)
     return Chapter(assignment, sources, options, batch, api, db_url, maker, build)
 
 
@@ -362,7 +379,7 @@ def _ensure_assignment(api, assignment, db_url, root) -> None:
     """Make sure the gradebook knows the chapter's cells (nbgrader records them on release)."""
     from nbgrader.api import Gradebook, MissingEntry
 
-    stamp = Path(db_url.replace("sqlite:///", "")).with_suffix(".sources.json")
+    stamp = _stamp(db_url)
     digest = _digest(root / "solutions" / assignment)
     seen = json.loads(stamp.read_text()) if stamp.exists() else {}
     try:
@@ -380,6 +397,11 @@ def _ensure_assignment(api, assignment, db_url, root) -> None:
         raise RuntimeError(f"could not register {assignment} in the gradebook: {_last_line(result)}")
     seen[assignment] = digest
     stamp.write_text(json.dumps(seen))
+
+
+def _stamp(db_url: str) -> Path:
+    """Which version of each chapter's solutions the gradebook's cells were registered from."""
+    return Path(db_url.replace("sqlite:///", "")).with_suffix(".sources.json")
 
 
 def _digest(folder: Path) -> str:
