@@ -36,6 +36,13 @@ def recorder():
             return func(*args, **(kwargs or {}))
 
     class _Dispatch(TorchDispatchMode):
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            # torch >= 2.8 wraps __torch_dispatch__ in torch._disable_dynamo, whose first call
+            # imports torch._dynamo: 1.5 s in every graded notebook. The recorder never runs
+            # under torch.compile's tracing, so the wrapper is not needed.
+            return False
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             try:
                 names.add(func._schema.name)
