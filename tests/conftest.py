@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 # Training notebooks size their loops with llmcourse.budget(full, quick): the suite grades
 # them end to end with the quick sizes; `make bench` times the full ones.
 os.environ["LLMCOURSE_QUICK"] = "1"
+# the grader's prepared chapters (llmcourse.grading.prepared): one cache per test run, shared by
+# its xdist workers, so every run also prepares each chapter from scratch once
+os.environ.setdefault("LLMCOURSE_CACHE", os.path.join(
+    tempfile.gettempdir(), f"llmcourse-test-cache-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
 
 
 def chapter_names() -> list[str]:

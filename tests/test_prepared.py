@@ -5,6 +5,7 @@ any change to the course makes a new key, and --unsafe-no-sandbox neither reads 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,14 @@ from llmcourse.grading.learner import LearnerBuild
 CHAPTER, NOTEBOOK = "00-getting-started", "warmup"
 
 
-def _entries(course: Path) -> list[Path]:
-    folder = course / ".llmcourse" / "prepared"
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """A cache of this test's own (the suite's shared one is used by other workers)."""
+    monkeypatch.setenv("LLMCOURSE_CACHE", str(tmp_path / "cache"))
+
+
+def _entries(_course=None) -> list[Path]:
+    folder = Path(os.environ["LLMCOURSE_CACHE"]) / "prepared"
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
@@ -79,7 +86,7 @@ def _entry(tmp_path: Path) -> tuple[Path, LearnerBuild]:
     public.mkdir()
     (public / "build.json").write_text("{}")
     build = LearnerBuild(lib, False, ["bpe"], {})
-    entry = prepared.entry_dir(tmp_path / "course", "k")
+    entry = prepared.entry_dir("k")
     prepared.store(entry, {"00.a": {"kind": "function"}}, build, public)
     return entry, build
 

@@ -95,9 +95,7 @@ def _worker_chapter(assignment, root, options, seed):
         private = replace(options, course_dir=scratch / "course")
         private.course_dir.mkdir(parents=True)
         t0 = time.perf_counter()
-        cache = options.course_dir if options.course_dir.is_dir() else None  # a remote worker: none
-        chapter = _prepare(assignment, SourceIndex(root), root, private, seed, BatchDir(scratch / "verify"),
-                           cache_root=cache)
+        chapter = _prepare(assignment, SourceIndex(root), root, private, seed, BatchDir(scratch / "verify"))
         _CHAPTERS[k] = (chapter, time.perf_counter() - t0, scratch)
     return _CHAPTERS[k][:2]
 

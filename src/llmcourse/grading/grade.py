@@ -161,11 +161,9 @@ def _grade_assignment(assignment, subs, index, root, options, seed, vdir, log) -
     return rows
 
 
-def _prepare(assignment, index, root, options, seed, batch: BatchDir,
-             cache_root: Path | None = None) -> Chapter:
+def _prepare(assignment, index, root, options, seed, batch: BatchDir) -> Chapter:
     """The truth and the learner build, from a pristine copy, before any learner code runs.
-    What does not depend on the seed is kept in ``cache_root`` (default: the course folder)
-    between batches (:mod:`.prepared`)."""
+    What does not depend on the seed is kept between batches (:mod:`.prepared`)."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
@@ -181,8 +179,7 @@ def _prepare(assignment, index, root, options, seed, batch: BatchDir,
     # a new sqlite gradebook can start as a copy of one that holds just this chapter's cells
     db_file = Path(db_url[len("sqlite:///"):]) if db_url.startswith("sqlite:///") else None
     fresh = db_file if db_file is not None and not db_file.exists() else None
-    cached = prepared.entry_dir(cache_root or options.course_dir,
-                               prepared.cache_key(digest, solutions, assignment, exercise_ids))
+    cached = prepared.entry_dir(prepared.cache_key(digest, solutions, assignment, exercise_ids))
     kept = None if options.unsafe else prepared.restore(cached, batch.library, batch.public, fresh)
     maker = None
     if exercise_ids:  # the hidden cases: every batch, from its seed

@@ -5,8 +5,8 @@ Both are made from the pristine copy of the library and the chapter's solutions,
 cache key is the pristine copy's digest, the solutions' digest, the chapter, its exercise
 ids, the Python, torch and nbgrader versions and ``LLMCOURSE_FULL_LEARNER_BUILD``: any change to the
 course makes a new entry. An entry is written by the grader's own process, before any
-learner code of its batch runs, into ``<course dir>/.llmcourse/prepared/<key>/``, a folder no
-sandbox binds; its manifest holds the digest of every file (the ``.pyc`` files too), checked
+learner code of its batch runs, into ``<cache>/prepared/<key>/`` (:func:`cache_root`: the
+grader user's own cache folder, which no sandbox binds, shared by every course folder); its manifest holds the digest of every file (the ``.pyc`` files too), checked
 before each use: an entry that does not match is deleted and made again. With
 ``--unsafe-no-sandbox`` the kernels could write there, so the cache is neither read nor
 written. The hidden cases are never cached: they depend on the batch's seed.
@@ -64,8 +64,18 @@ def files_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def entry_dir(course_dir: Path, key: str) -> Path:
-    return course_dir / ".llmcourse" / "prepared" / key
+def cache_root() -> Path:
+    """``$LLMCOURSE_CACHE``, else ``$XDG_CACHE_HOME/llmcourse``, else ``~/.cache/llmcourse``:
+    the grader's own user's folder, which no sandbox binds."""
+    explicit = os.environ.get("LLMCOURSE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "llmcourse"
+
+
+def entry_dir(key: str, root: Path | None = None) -> Path:
+    return (root or cache_root()) / "prepared" / key
 
 
 def restore(entry: Path, library: Path, public: Path,
@@ -108,7 +118,7 @@ def store(entry: Path, info: dict, build: LearnerBuild, public: Path,
             if gradebook is not None:
                 _add_gradebook(entry, gradebook)
             return
-        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         public.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
