@@ -25,7 +25,8 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Integer, Unicode
 
 from .protocol import (HIDDEN_PLACEHOLDER, MAX_NOTEBOOK_BYTES, SANDBOX_INPUTS_DIR, SANDBOX_JOB_OUT,
-                       BatchDir, ProtocolError, read_challenges, read_plan, read_regular, strip_hidden)
+                       BatchDir, ProtocolError, read_challenges, read_plan, read_regular, read_unrecorded,
+                       strip_hidden)
 from .sandbox import NO_SANDBOX, Limits, _size, probe, run_job
 
 REFUSE = ("plain `nbgrader autograde` is not supported for this course: run `llmcourse grade` "
@@ -63,7 +64,7 @@ class SafeExecute(NbGraderPreprocessor):
         (job.job).write_text(json.dumps({
             "cell_timeout": self.timeout, "notebook_timeout": self.notebook_timeout,
             "max_cell_output": self.max_cell_output, "entries": read_plan(batch.plan, name),
-            "challenges": budgets,
+            "challenges": budgets, "unrecorded": read_unrecorded(batch.plan, name),
             "inputs": str(batch.inputs) if unsafe else f"{SANDBOX_INPUTS_DIR}/{batch.inputs.name}",
             "outputs": str(job.outputs) if unsafe else f"{SANDBOX_JOB_OUT}/{job.outputs.name}"}))
         extra = sum(b + 10 for b in budgets.values())  # each challenge's own step

@@ -195,7 +195,8 @@ def _prepare(assignment, index, root, options, seed, batch: BatchDir) -> Chapter
                               notebook_reference_imports(root / "solutions" / assignment))
     write_plan(batch.plan, {s.name: {e: entry for g in s.grade_cells.values()
                                      for e, entry in g.exercises.items()} for s in sources},
-               {e: int(i["budget_s"]) for e, i in info.items() if "budget_s" in i})
+               {e: int(i["budget_s"]) for e, i in info.items() if "budget_s" in i},
+               {e for e, i in info.items() if "budget_s" in i and not i.get("record_ops", True)})
     api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
     _ensure_assignment(api, assignment, db_url, root)
     if not options.unsafe and (not kept or (fresh is not None and not kept.gradebook)):

@@ -73,6 +73,14 @@ def _base(name: str) -> str:
     return name.split("::")[-1].rsplit(".", 1)[-1].lstrip("_")
 
 
+def op_rule(target: str) -> bool:
+    """Whether a rule's target is a torch operator the run-time record can find."""
+    if not (target.startswith("torch") or target.startswith(".")):
+        return False
+    leaf = target.rsplit(".", 1)[-1]
+    return bool(leaf) and not leaf[0].isupper()  # a class (nn.MultiheadAttention): static only
+
+
 def forbidden_ops(names, rules) -> list[tuple[str, str, str]]:
     """(op, rule target, why) for each forbidden torch operator in ``names``.
 
@@ -81,11 +89,9 @@ def forbidden_ops(names, rules) -> list[tuple[str, str, str]]:
     the static scan's business."""
     found = []
     for target, why, _allow in rules:
-        if not (target.startswith("torch") or target.startswith(".")):
+        if not op_rule(target):
             continue
         leaf = target.rsplit(".", 1)[-1]
-        if not leaf or leaf[0].isupper():  # a class (nn.MultiheadAttention): static only
-            continue
         for name in sorted(names):
             if name == target or (name.startswith("aten::") and _base(name) == leaf.lstrip("_")) \
                     or name.rsplit(".", 1)[-1] == leaf and name.startswith(("torch.", "aten::")):

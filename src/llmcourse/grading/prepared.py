@@ -1,15 +1,15 @@
 """The part of a batch's preparation that does not depend on the batch: the public cases
-(``make_public``) and the learner build, kept between batches in the course folder.
+(``make_public``), the learner builds and a gradebook holding the chapter's cells, kept
+between batches in the grader user's cache (:func:`cache_root`), shared by every course folder.
 
-Both are made from the pristine copy of the library and the chapter's solutions, so the
-cache key is the pristine copy's digest, the solutions' digest, the chapter, its exercise
-ids, the Python, torch and nbgrader versions and ``LLMCOURSE_FULL_LEARNER_BUILD``: any change to the
-course makes a new entry. An entry is written by the grader's own process, before any
-learner code of its batch runs, into ``<cache>/prepared/<key>/`` (:func:`cache_root`: the
-grader user's own cache folder, which no sandbox binds, shared by every course folder); its manifest holds the digest of every file (the ``.pyc`` files too), checked
-before each use: an entry that does not match is deleted and made again. With
-``--unsafe-no-sandbox`` the kernels could write there, so the cache is neither read nor
-written. The hidden cases are never cached: they depend on the batch's seed.
+The cache key is the pristine copy's digest, the solutions' digest, the chapter, its exercise
+ids, the Python, torch and nbgrader versions and ``LLMCOURSE_FULL_LEARNER_BUILD``: any change
+to the course makes a new entry. An entry is written by the grader's own process, before any
+learner code of its batch runs, into ``<cache>/prepared/<key>/``, a folder no sandbox binds;
+its manifest holds the digest of every file (the ``.pyc`` files too), checked before each use:
+an entry that does not match is deleted and made again. With ``--unsafe-no-sandbox`` the
+kernels could write there, so the cache is neither read nor written. The hidden cases are
+never cached: they depend on the batch's seed.
 """
 
 from __future__ import annotations

@@ -156,11 +156,21 @@ SANDBOX_LIBRARY = "/opt/llmcourse"
 
 
 def write_plan(path: Path, plan: dict[str, dict[str, str]],
-               budgets: dict[str, int] | None = None) -> None:
-    """``budgets``: {challenge id: seconds}; a challenge runs in a step of its own."""
+               budgets: dict[str, int] | None = None, unrecorded=()) -> None:
+    """``budgets``: {challenge id: seconds}; a challenge runs in a step of its own.
+    ``unrecorded``: challenges whose step runs without the torch operator record."""
     budgets = budgets or {}
-    path.write_text(json.dumps({nb: {"entries": e, "challenges": {x: budgets[x] for x in e if x in budgets}}
+    path.write_text(json.dumps({nb: {"entries": e, "challenges": {x: budgets[x] for x in e if x in budgets},
+                                     "unrecorded": sorted(x for x in e if x in unrecorded)}
                                 for nb, e in plan.items()}))
+
+
+def read_unrecorded(path: Path | str, notebook: str) -> list[str]:
+    try:
+        plan = json.loads(Path(path).read_text())
+        return [str(x) for x in plan.get(notebook, {}).get("unrecorded", [])]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
 
 
 def read_challenges(path: Path | str, notebook: str) -> dict[str, int]:

@@ -111,18 +111,21 @@ class Runner(NotebookClient):
             time.sleep(0.02)
         challenges = {k: int(v) for k, v in self.job.get("challenges", {}).items()}
         entries = {k: v for k, v in self.job["entries"].items() if k not in challenges}
-        steps = [(entries, out, self.timeout)]
+        record = bool(self.job.get("record_ops", True))
+        unrecorded = set(self.job.get("unrecorded", []))
+        steps = [(entries, out, self.timeout, record)]
         # each challenge in a step of its own, stopped at its time budget: a run over budget
         # writes no outputs, and the grader scores it 0 with one line
-        steps += [({k: self.job["entries"][k]}, f"{out}.{_safe(k)}", budget + 5)
+        steps += [({k: self.job["entries"][k]}, f"{out}.{_safe(k)}", budget + 5,
+                   record and k not in unrecorded)
                   for k, budget in challenges.items() if k in self.job["entries"]]
-        for step_entries, step_out, timeout in steps:
+        for step_entries, step_out, timeout, step_record in steps:
             if self._dead:
                 break
             self.timeout = max(1, int(timeout))
             src = ("from llmcourse.grading.harness import dump as _llmcourse_dump\n"
                    f"_llmcourse_dump({inputs!r}, {step_out!r}, {step_entries!r}, "
-                   f"{bool(self.job.get('record_ops', True))!r})")
+                   f"{step_record!r})")
             cell = new_code_cell(src)
             self.nb.cells.append(cell)
             try:

@@ -79,6 +79,7 @@ def make_public(public_dir: str, exercise_ids: list[str]) -> None:
     per exercise, then ``build.json`` (how each is called; None = needs its spec module)."""
     from ..checks.runner import get
     from .learner_specs import public_data, spec_kind
+    from .opsmode import op_rule
     from .protocol import safe_name
 
     os.makedirs(public_dir, exist_ok=True)
@@ -89,6 +90,9 @@ def make_public(public_dir: str, exercise_ids: list[str]) -> None:
         info[exid] = {"kind": kind, "allow_reference": list(ex.allow_reference)}
         if getattr(ex, "kind", "") == "challenge":
             info[exid]["budget_s"] = int(ex.budget_s)
+            # recording slows per-element torch code ~6x: a challenge without operator rules
+            # runs its budgeted step unrecorded (its rules are the static scan's)
+            info[exid]["record_ops"] = any(op_rule(r.target) for r in ex.rules)
         if kind is not None:
             arrays, spec = public_data(ex, 0)
             codec.save(os.path.join(public_dir, safe_name(exid) + ".bin"), arrays, spec)
