@@ -165,21 +165,22 @@ def write_plan(path: Path, plan: dict[str, dict[str, str]],
                                 for nb, e in plan.items()}))
 
 
-def read_unrecorded(path: Path | str, notebook: str) -> list[str]:
+def _plan_part(path: Path | str, notebook: str, part: str, convert, empty):
     try:
-        plan = json.loads(Path(path).read_text())
-        return [str(x) for x in plan.get(notebook, {}).get("unrecorded", [])]
+        return convert(json.loads(Path(path).read_text()).get(notebook, {}).get(part, empty))
     except (OSError, ValueError, TypeError, AttributeError):
-        return []
+        return convert(empty)
+
+
+def read_unrecorded(path: Path | str, notebook: str) -> list[str]:
+    """The challenges of one notebook whose step runs without the operator record."""
+    return _plan_part(path, notebook, "unrecorded", lambda v: [str(x) for x in v], [])
 
 
 def read_challenges(path: Path | str, notebook: str) -> dict[str, int]:
     """{challenge id: budget in seconds} of one notebook."""
-    try:
-        plan = json.loads(Path(path).read_text())
-        return {str(k): int(v) for k, v in plan.get(notebook, {}).get("challenges", {}).items()}
-    except (OSError, ValueError, TypeError, AttributeError):
-        return {}
+    return _plan_part(path, notebook, "challenges",
+                      lambda v: {str(k): int(b) for k, b in v.items()}, {})
 
 
 def challenge_outputs(outputs: str, exid: str) -> str:
